@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['WorkbenchError', 'WorkspaceError', 'StoreError', 'NotFound', 'FilterError', 'ArtifactError', 'TrackingError']
 
-# %% ../nbs/00_errors.ipynb #0a147f16
+# %% ../nbs/00_errors.ipynb #2ca5091f
 class WorkbenchError(Exception):
     "Base class of every error a user of the workbench can cause; the message names the problem and the fix."
 

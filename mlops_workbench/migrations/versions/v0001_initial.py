@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #ec865435
+# %% ../../../nbs/migrations/0001_initial.ipynb #11bd1e58
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,7 +16,7 @@ depends_on = None
 
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #fd32de10
+# %% ../../../nbs/migrations/0001_initial.ipynb #234f2c68
 _SQLITE_AUDIT_GUARDS = [
     f"CREATE TRIGGER mlwb_audit_log_no_{what} BEFORE {what.upper()} ON mlwb_audit_log "
     "BEGIN SELECT RAISE(ABORT, 'mlwb_audit_log is append-only'); END" for what in ("update", "delete")]
@@ -33,7 +33,7 @@ def _guard_audit_log():
     dialect = op.get_bind().dialect.name
     for sql in (_POSTGRES_AUDIT_GUARDS if dialect == "postgresql" else _SQLITE_AUDIT_GUARDS): op.execute(sql)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #05dc8f85
+# %% ../../../nbs/migrations/0001_initial.ipynb #131c7c69
 def _fk(table):
     "The `run_id` column of a child table of runs, with a constraint name unique to `table`."
     return sa.Column("run_id", sa.String(32), sa.ForeignKey("mlwb_runs.id", name=f"fk_mlwb_{table}_run_id_mlwb_runs"), nullable=False)
