@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-workspace
 
-.PHONY: demo test install check-sync nbtest pytest readme export clean bench
+.PHONY: demo test install browser check-sync nbtest pytest readme export clean bench
 
 $(STAMP): pyproject.toml settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,15 @@ demo: $(STAMP)
 	@echo
 	@echo "Executed notebooks: $(DEMO)/jobs/   Store: $(DEMO)/.mlwb/mlwb.db   Artifacts: $(DEMO)/.mlwb/artifacts/"
 
-## make test: every check: export-sync, notebook tests, pytest
-test: $(STAMP) check-sync nbtest pytest
+## make test: every check: export-sync, notebook tests, pytest (browser tests drive Debian's chromium)
+test: $(STAMP) browser check-sync nbtest pytest
+
+# Debian's chromium for the browser tests; tests never download a browser of their own
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium chromium-driver' (browser tests skip without it, and fail under CI)"; fi; \
+	fi
 
 check-sync: $(STAMP)
 	BIN=$(BIN) .ci/check-sync
