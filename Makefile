@@ -30,7 +30,7 @@ demo: $(STAMP)
 	@echo "== The run just made"
 	@$(BIN)/mlwb -W $(DEMO) runs show $$($(BIN)/mlwb -W $(DEMO) runs ls -q -n 1)
 	@echo
-	@echo "Executed notebooks: $(DEMO)/jobs/   Store: $(DEMO)/.mlwb/mlwb.db   Artifacts: $(DEMO)/.mlwb/artifacts/"
+	@echo "Executed notebooks: $(DEMO)/jobs/   Reports: $(DEMO)/reports/   Store: $(DEMO)/.mlwb/mlwb.db   Artifacts: $(DEMO)/.mlwb/artifacts/"
 
 ## make test: every check: export-sync, notebook tests, pytest (browser tests drive Debian's chromium)
 test: $(STAMP) browser check-sync nbtest pytest
