@@ -13,8 +13,8 @@ import typer
 from .errors import WorkbenchError
 
 # %% auto #0
-__all__ = ['app', 'runs_app', 'data_app', 'main', 'init', 'runs_ls', 'runs_show', 'runs_compare', 'runs_delete', 'data_profile',
-           'data_schema', 'data_validate']
+__all__ = ['app', 'runs_app', 'data_app', 'tune_app', 'main', 'init', 'runs_ls', 'runs_show', 'runs_compare', 'runs_delete',
+           'data_profile', 'data_schema', 'data_validate', 'tune', 'tune_dashboard']
 
 # %% ../nbs/90_cli.ipynb #b08ced00
 app = typer.Typer(name="mlwb", help="mlops_workbench: track, tune, evaluate, register, serve and monitor models from notebooks and the shell.",
@@ -186,3 +186,57 @@ def data_validate(file: Path = typer.Argument(..., help="CSV, TSV or Parquet fil
     rep = validate(load(file, schema=sch), sch)
     typer.echo(json.dumps(rep.to_dict(), indent=2) if as_json else str(rep))
     if not rep.ok: raise typer.Exit(1)
+
+# %% ../nbs/90_cli.ipynb #e4ec6633
+tune_app = typer.Typer(help="Tune hyperparameters with optuna; studies live in the store and resume by name.", invoke_without_command=True)
+app.add_typer(tune_app, name="tune")
+
+def _read_space(space: str):
+    "A search-space spec from a JSON file or JSON text."
+    text = Path(space).read_text() if not space.lstrip().startswith("{") and Path(space).is_file() else space
+    try: return json.loads(text)
+    except ValueError as e: raise WorkbenchError(f"invalid search space: --space is neither a JSON file nor JSON text ({e})") from None
+
+@tune_app.callback()
+def tune(ctx: typer.Context,
+         data: Optional[Path] = typer.Option(None, "--data", "-d", help="CSV, TSV or Parquet file with features and target."),
+         target: Optional[str] = typer.Option(None, "--target", "-t", help="The column to predict."),
+         model: Optional[str] = typer.Option(None, "--model", "-m", help="logreg, rf, hgb, ridge, lasso or svm."),
+         trials: int = typer.Option(20, "--trials", "-n", min=1, help="How many more trials to run."),
+         study: Optional[str] = typer.Option(None, "--study", "-s", help="Study name; an existing study is resumed (default: a new name)."),
+         timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+         metric: Optional[str] = typer.Option(None, "--metric", help="scikit-learn scorer name (default: roc_auc, accuracy or r2 by task)."),
+         cv: int = typer.Option(5, "--cv", min=2, help="Cross-validation folds."),
+         seed: int = typer.Option(0, "--seed", help="Seed of the sampler, the folds and the models."),
+         space: Optional[str] = typer.Option(None, "--space", help="Search space as a JSON file or JSON text (default: the model's built-in space)."),
+         experiment: str = typer.Option("tuning", "--experiment", "-e", help="Experiment of the study and trial runs."),
+         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Tune a built-in model on a data file: `mlwb tune --data train.csv --target y --model hgb --trials 50 --study s1`."
+    if ctx.invoked_subcommand is not None: return
+    from mlops_workbench.data import load
+    from mlops_workbench import tuning as TU
+    missing = [o for o, v in (("--data", data), ("--target", target), ("--model", model)) if v is None]
+    if missing: raise WorkbenchError(f"mlwb tune needs {', '.join(missing)}; e.g. mlwb tune --data train.csv --target y --model hgb --trials 20")
+    if model not in TU.MODELS: raise WorkbenchError(f"unknown model {model!r}; valid models: {', '.join(TU.MODELS)}")
+    X, y, pipeline, spec = TU.model_pipeline(load(data), target, model)
+    spec = TU.check_space(_read_space(space) if space else spec, pipeline)
+    res = TU.tune(pipeline, X, y, spec, n_trials=trials, timeout=timeout, metric=metric, cv=cv, study=study, seed=seed,
+                  experiment=experiment, progress=sys.stderr.isatty())
+    states = res.trials["state"].value_counts().to_dict()
+    if as_json: return _echo_json({"study": res.study.study_name, "study_run_id": res.study_run_id, "metric": res.metric,
+                                   "best_score": res.best_score, "best_params": res.best_params, "trials": states})
+    lines = [f"study {res.study.study_name}: best {res.metric} = {res.best_score:.6g} over {len(res.trials)} trials "
+             f"({', '.join(f'{n} {s.lower()}' for s, n in states.items())})", f"study run {res.study_run_id}"]
+    typer.echo("\n".join(lines + _section("best params", res.best_params)))
+
+@tune_app.command("dashboard")
+def tune_dashboard(port: int = typer.Option(8080, "--port", "-p", help="Port on 127.0.0.1.")):
+    "Serve optuna-dashboard on the store's studies, bound to 127.0.0.1 (needs `pip install optuna-dashboard`)."
+    import importlib.util
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise WorkbenchError("optuna-dashboard is not installed; install it with `pip install optuna-dashboard` "
+                             "(or `pip install 'mlops_workbench[dashboard]'`), then run `mlwb tune dashboard` again")
+    import optuna_dashboard
+    from mlops_workbench.tuning import study_storage
+    typer.echo(f"optuna-dashboard on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    optuna_dashboard.run_server(study_storage(), host="127.0.0.1", port=port)

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'WorkspaceError', 'StoreError', 'NotFound', 'FilterError', 'ArtifactError', 'DataError',
-           'TrackingError']
+           'TuningError', 'TrackingError']
 
-# %% ../nbs/00_errors.ipynb #ed1d61d6
+# %% ../nbs/00_errors.ipynb #53fca058
 class WorkbenchError(Exception):
     "Base class of every error a user of the workbench can cause; the message names the problem and the fix."
 
@@ -28,6 +28,9 @@ class ArtifactError(WorkbenchError, ValueError):
 
 class DataError(WorkbenchError, ValueError):
     "Data that cannot be read, or a column, schema or option that does not fit the data."
+
+class TuningError(WorkbenchError, ValueError):
+    "A search space, model name or tuning option that cannot work, found before any trial runs."
 
 class TrackingError(WorkbenchError):
     "A tracking call that does not fit the run's state, such as changing a logged parameter."
