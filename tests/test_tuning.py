@@ -202,3 +202,24 @@ def test_cli_tunes_and_resumes(sqlite_ws, bc_csv, capsys):
     out = json.loads(capsys.readouterr().out)
     assert e.value.code in (0, None) and out["study"] == "cli" and out["trials"] == {"COMPLETE": 4}
     assert out["metric"] == "roc_auc" and list(out["best_params"]) == ["model__alpha"]
+
+
+@pytest.mark.parametrize("model", ["forest", "sgd"])
+def test_growing_models_are_pruned_inside_the_first_fit(sqlite_ws, bc, monkeypatch, model):
+    "A forest (warm_start) and SGD (partial_fit) report each stage of their first fit; a prune there stops the trial mid-fit."
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import SGDClassifier
+    from mlops_workbench.tuning import STAGES
+    X, y = bc
+    est = RandomForestClassifier(n_estimators=25, random_state=0) if model == "forest" else SGDClassifier(loss="log_loss", max_iter=10, random_state=0)
+    pipe = Pipeline([("scale", StandardScaler()), ("model", est)])
+    space = (lambda t: {"model__max_depth": t.suggest_int("d", 2, 6)}) if model == "forest" else (lambda t: {"model__alpha": t.suggest_float("a", 1e-5, 1e-2, log=True)})
+    # the pruner stops the first trial at its second report, the second trial never
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 0 and max(self.storage.get_trial(self._trial_id).intermediate_values) >= 1)
+    res = tune(pipe, X, y, space, n_trials=2, cv=3, progress=False)
+    first, second = res.study.trials
+    assert first.state.name == "PRUNED" and sorted(first.intermediate_values) == [0, 1]  # stopped at stage 2 of the first fit
+    assert second.state.name == "COMPLETE" and sorted(second.intermediate_values) == list(range(STAGES - 1 + 3))
+    r = get_run(runs(where="kind = 'trial' and tags.optuna_trial = '0'", experiment="tuning").index[0])
+    assert r.tags["state"] == "PRUNED" and r.info["status"] == "finished"
+    assert r.metric_history("roc_auc_stage")["step"].tolist() == [0, 1] and "roc_auc" not in r.metrics  # no fold finished
