@@ -216,7 +216,13 @@ def test_growing_models_are_pruned_inside_the_first_fit(sqlite_ws, bc, monkeypat
     space = (lambda t: {"model__max_depth": t.suggest_int("d", 2, 6)}) if model == "forest" else (lambda t: {"model__alpha": t.suggest_float("a", 1e-5, 1e-2, log=True)})
     # the pruner stops the first trial at its second report, the second trial never
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 0 and max(self.storage.get_trial(self._trial_id).intermediate_values) >= 1)
-    res = tune(pipe, X, y, space, n_trials=2, cv=3, progress=False)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = tune(pipe, X, y, space, n_trials=2, cv=3, progress=False)
+    # the folds after the staged one are fitted from scratch, not grown from the first fold's model
+    assert not [w for w in caught if "Warm-start fitting without increasing" in str(w.message)]
+    assert res.best_pipeline.get_params().get("model__warm_start") is False
     first, second = res.study.trials
     assert first.state.name == "PRUNED" and sorted(first.intermediate_values) == [0, 1]  # stopped at stage 2 of the first fit
     assert second.state.name == "COMPLETE" and sorted(second.intermediate_values) == list(range(STAGES - 1 + 3))
