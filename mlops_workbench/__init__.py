@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 __all__ = ['start_run', 'get_run', 'active_run', 'delete_run', 'Run', 'runs', 'compare', 'init_workspace', 'get_workspace',
            'use_workspace', 'WorkbenchError']
 
-# %% ../nbs/index.ipynb #4b59d832
+# %% ../nbs/index.ipynb #d9068f65
 _API = {
     "start_run": "tracking", "get_run": "tracking", "active_run": "tracking", "delete_run": "tracking", "Run": "tracking",
     "runs": "query", "compare": "query",
