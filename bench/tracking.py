@@ -33,9 +33,14 @@ Not a test; never run in CI. Needs the `bench` extra (`pip install -e ".[bench]"
 """
 from __future__ import annotations
 
-import argparse, cProfile, gc, io, json, logging, os, platform, pstats, sqlite3, statistics, sys, tempfile, time, warnings
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
+
+# bench/profile.py is named like the standard library's `profile`, which cProfile imports: keep this folder off the path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse, cProfile, gc, io, json, logging, os, platform, pstats, sqlite3, statistics, tempfile, time, warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
 # Quiet MLflow before it is imported: no telemetry, no INFO lines about migrations.
