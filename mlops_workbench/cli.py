@@ -65,9 +65,8 @@ def init(directory: Path = typer.Argument(Path("."), help="Folder to turn into a
          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
     "Create a workspace: mlwb.toml, the store and the artifact folder."
     from mlops_workbench.config import init_workspace
-    from mlops_workbench.store import open_store
     ws = init_workspace(directory, store_url=store_url)
-    store = open_store(ws.store_url, ws.root)
+    store = ws.open_store()
     info = {"workspace": str(ws.root), "config": str(ws.config_path), "store": store.display_url, "artifacts": str(ws.artifact_root)}
     if as_json: return _echo_json(info)
     typer.echo(f"Workspace ready in {ws.root}\n  config:    {info['config']}\n  store:     {info['store']}\n  artifacts: {info['artifacts']}")
