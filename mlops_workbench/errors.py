@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'WorkspaceError', 'StoreError', 'NotFound', 'FilterError', 'ArtifactError', 'DataError',
-           'TuningError', 'TrackingError']
+           'TuningError', 'TrackingError', 'EvaluationError', 'GateFailed', 'RegistryError', 'SignatureError',
+           'MonitorError', 'JobError']
 
 # %% ../nbs/00_errors.ipynb #53fca058
 class WorkbenchError(Exception):
@@ -34,3 +35,27 @@ class TuningError(WorkbenchError, ValueError):
 
 class TrackingError(WorkbenchError):
     "A tracking call that does not fit the run's state, such as changing a logged parameter."
+
+class EvaluationError(WorkbenchError, ValueError):
+    "A model, labels, column or option that an evaluation cannot use, such as a classifier without `predict_proba` where probabilities are needed."
+
+class GateFailed(WorkbenchError):
+    "A validation gate refused a model; `.result` holds every check with its value, threshold and verdict."
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+class RegistryError(WorkbenchError, ValueError):
+    "A model, version, alias or model file the registry cannot accept, such as a pickle where a skops file is expected."
+
+class SignatureError(DataError):
+    "Input that does not match a model's signature; `.problems` lists every problem found, not just the first."
+    def __init__(self, message: str, problems: list[dict] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+class MonitorError(WorkbenchError, ValueError):
+    "Reference and current data, a window or an alert rule that monitoring cannot use."
+
+class JobError(WorkbenchError, ValueError):
+    "A job definition, schedule, trigger or notebook parameter that cannot run."
