@@ -49,7 +49,9 @@ def _check_settings(raw: dict, path: Path) -> dict:
     "Merge `raw` settings over the defaults, checking that every value has the expected type."
     merged = {section: dict(values) for section, values in _DEFAULTS.items()}
     for section, values in raw.items():
-        if section not in _DEFAULTS or not isinstance(values, dict): continue  # later modules read their own sections
+        if section not in _DEFAULTS or not isinstance(values, dict):
+            merged[section] = values  # sections of later modules (gate, alerts, jobs) are kept as written and checked there
+            continue
         for key, value in values.items():
             default = _DEFAULTS[section].get(key)
             if isinstance(default, float):
