@@ -356,6 +356,12 @@ def _experiment_id(conn, name: str) -> int:
     S.upsert(conn, S.experiments, [{"name": name, "created_at": time.time()}], keys=("name",))
     return conn.execute(sa.select(S.experiments.c.id).where(S.experiments.c.name == name)).scalar_one()
 
+def _job_parent(conn) -> str | None:
+    "The job run this process works for (`MLWB_JOB_RUN_ID`, set by `jobs.run_notebook`), when it is in this store."
+    job = os.environ.get("MLWB_JOB_RUN_ID")
+    if not job: return None
+    return conn.execute(sa.select(S.runs_table.c.id).where(S.runs_table.c.id == job)).scalar_one_or_none()
+
 def start_run(experiment: str = "default", # experiment to file the run under; created on first use
               name: str | None = None, # a human name for the run
               params: dict | None = None, # parameters to log at once
@@ -375,6 +381,7 @@ def start_run(experiment: str = "default", # experiment to file the run under; c
     with store.write() as conn:
         if parent_id is not None and conn.execute(sa.select(S.runs_table.c.id).where(S.runs_table.c.id == parent_id)).first() is None:
             raise NotFound(f"parent run {parent_id!r} does not exist; pass a Run or the id of an existing run")
+        if parent_id is None and kind != "job": parent_id = _job_parent(conn)
         conn.execute(S.runs_table.insert().values(
             id=run_id, experiment_id=_experiment_id(conn, experiment), name=name, kind=kind, status="running",
             parent_id=parent_id, start_time=now, heartbeat_at=now, **{k: v for k, v in asdict(lin).items() if k != "environment"},
