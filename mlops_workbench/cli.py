@@ -14,7 +14,7 @@ from .errors import WorkbenchError
 
 # %% auto #0
 __all__ = ['app', 'runs_app', 'data_app', 'tune_app', 'main', 'init', 'runs_ls', 'runs_show', 'runs_compare', 'runs_delete',
-           'data_profile', 'data_schema', 'data_validate', 'tune', 'tune_dashboard']
+           'data_profile', 'data_schema', 'data_validate', 'tune', 'tune_dashboard', 'run_job']
 
 # %% ../nbs/90_cli.ipynb #b08ced00
 app = typer.Typer(name="mlwb", help="mlops_workbench: track, tune, evaluate, register, serve and monitor models from notebooks and the shell.",
@@ -239,3 +239,33 @@ def tune_dashboard(port: int = typer.Option(8080, "--port", "-p", help="Port on 
     from mlops_workbench.tuning import study_storage
     typer.echo(f"optuna-dashboard on http://127.0.0.1:{port} (Ctrl-C stops it)")
     optuna_dashboard.run_server(study_storage(), host="127.0.0.1", port=port)
+
+# %% ../nbs/90_cli.ipynb #2cf25445
+# cli: run
+def _pairs(args: list[str]) -> dict[str, str]:
+    "`-p key value` pairs from the extra arguments of `mlwb run`."
+    out, i = {}, 0
+    while i < len(args):
+        if args[i] not in ("-p", "--param") or len(args) - i < 3:
+            raise typer.BadParameter(f"expected '-p NAME VALUE' pairs, got {' '.join(args[i:])!r}")
+        out[args[i + 1]] = args[i + 2]; i += 3
+    return out
+
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_job(ctx: typer.Context,
+            notebook: Path = typer.Argument(..., help="The notebook to run (it declares its parameters in a cell tagged 'parameters')."),
+            name: Optional[str] = typer.Option(None, "--name", help="Job name (default: the notebook's file name)."),
+            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the job is killed with its kernel."),
+            experiment: str = typer.Option("jobs", "--experiment", "-e", help="Experiment of the job's run."),
+            as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Run a notebook headless as a tracked job: mlwb run NOTEBOOK -p NAME VALUE ... (values converted to each parameter's type)."
+    from mlops_workbench.jobs import run_notebook
+    result = run_notebook(notebook, _pairs(ctx.args), name=name, timeout=timeout, experiment=experiment, from_text=True)
+    info = {"job": result.name, "run": result.run_id, "status": result.status, "output": str(result.output),
+            "duration_s": round(result.duration_s, 2), "records": result.records, "error": result.error}
+    if as_json: _echo_json(info)
+    else:
+        typer.echo(f"job {result.name} {result.status} in {result.duration_s:.1f} s  run {result.run_id[:12]}\n  notebook: {result.output}")
+        for k, v in result.records.items(): typer.echo(f"  {k}: {v}")
+        if result.error: typer.echo(f"  error: {result.error}", err=True)
+    if not result.ok: raise typer.Exit(1)
