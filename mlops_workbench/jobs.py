@@ -170,6 +170,13 @@ def _first_error(path: Path) -> str | None:
             if out.get("output_type") == "error": return f"{out.get('ename')}: {out.get('evalue')} (code cell {i})"
     return None
 
+def _die_with_parent() -> None:
+    "Run in the papermill child before it starts: on Linux, it gets SIGKILL when its parent dies, so a killed scheduler leaves no notebook running."
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass
+
 def _kill_tree(pid: int) -> None:
     "Kill a process and every process under it, the kernel included (kernels run in sessions of their own)."
     import psutil
@@ -188,7 +195,8 @@ def _execute(src: Path, out: Path, params: dict, env: dict, cwd: Path, timeout: 
     cmd = [sys.executable, "-m", "papermill", str(src), str(out), "-f", f.name, "--no-progress-bar", "--cwd", str(cwd), "--autosave-cell-every", "5"]
     if timeout: cmd += ["--execution-timeout", str(max(1, int(timeout)))]
     if not _read_notebook(src).get("metadata", {}).get("kernelspec", {}).get("name"): cmd += ["-k", "python3"]  # a notebook written by a tool may name no kernel
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try: output, _ = proc.communicate(timeout=timeout + 15 if timeout else None)
     except subprocess.TimeoutExpired:
         _kill_tree(proc.pid); proc.communicate()
