@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PREFIX', 'VERSION_TABLE', 'metadata', 'experiments', 'runs_table', 'params', 'metrics', 'latest_metrics',
-           'tags', 'artifacts', 'datasets', 'run_inputs', 'audit_log', 'SQLITE_BUSY_TIMEOUT_S', 'resolve_url', 'Store',
-           'upsert', 'insert_rows', 'actor', 'audit', 'audit_entries', 'head_revision', 'current_revision', 'upgrade',
-           'open_store']
+           'tags', 'artifacts', 'datasets', 'run_inputs', 'audit_log', 'registered_models', 'model_versions',
+           'model_aliases', 'alias_history', 'job_state', 'trigger_state', 'job_runs', 'events', 'alerts',
+           'monitor_records', 'SQLITE_BUSY_TIMEOUT_S', 'resolve_url', 'Store', 'upsert', 'insert_rows', 'actor',
+           'audit', 'audit_entries', 'head_revision', 'current_revision', 'upgrade', 'open_store']
 
 # %% ../nbs/02_store.ipynb #cf87574e
 PREFIX = "mlwb_"
@@ -130,6 +131,131 @@ audit_log = _table("audit_log",
     sa.Column("target_kind", sa.String(32), nullable=False),
     sa.Column("target_id", sa.Text, nullable=False),
     sa.Column("details", sa.Text, nullable=False))
+
+# %% ../nbs/02_store.ipynb #8d10063a
+# registry tables
+registered_models = _table("registered_models",
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text),
+    sa.Column("last_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False))
+
+def _model_fk() -> sa.Column:
+    return sa.Column("name", sa.String(200), sa.ForeignKey(f"{PREFIX}registered_models.name"), nullable=False)
+
+model_versions = _table("model_versions", _model_fk(),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), index=True),
+    sa.Column("artifact_sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("gate", sa.Text),
+    sa.Column("lineage", sa.Text, nullable=False),
+    sa.Column("files", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("name", "version"))
+
+model_aliases = _table("model_aliases", _model_fk(),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("name", "alias"))
+
+alias_history = _table("alias_history",
+    sa.Column("id", sa.Integer, primary_key=True),
+    _model_fk(),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer),
+    sa.Column("gate", sa.Text),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Index(f"ix_{PREFIX}alias_history_name_alias", "name", "alias", "id"))
+
+# %% ../nbs/02_store.ipynb #b8d564cb
+# jobs, events, alerts and monitoring tables
+job_state = _table("job_state",
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("schedule_cursor", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False))
+
+trigger_state = _table("trigger_state",
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("job", "trigger"))
+
+job_runs = _table("job_runs",
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("key", sa.String(300), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("params", sa.Text),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("retry_of", sa.String(32)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("job", "key", name=f"uq_{PREFIX}job_runs_job_key"),
+    sa.Index(f"ix_{PREFIX}job_runs_status_not_before", "status", "not_before"))
+
+events = _table("events",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Index(f"ix_{PREFIX}events_kind_name_id", "kind", "name", "id"))
+
+alerts = _table("alerts",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("rule", sa.String(200), nullable=False),
+    sa.Column("scope", sa.String(300), nullable=False),
+    sa.Column("condition", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("fired_at", sa.Float, nullable=False),
+    sa.Column("last_seen_at", sa.Float, nullable=False),
+    sa.Column("times_seen", sa.Integer, nullable=False),
+    sa.Column("resolved_at", sa.Float),
+    sa.Column("ack_by", sa.Text),
+    sa.Column("ack_at", sa.Float),
+    sa.Column("ack_note", sa.Text),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Index(f"ix_{PREFIX}alerts_rule_scope_status", "rule", "scope", "status"))
+
+monitor_records = _table("monitor_records",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("window_start", sa.Float),
+    sa.Column("window_end", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("n_rows", sa.Integer, nullable=False),
+    sa.Column("drift_share", sa.Float),
+    sa.Column("drifted", sa.Boolean),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(32)),
+    sa.Index(f"ix_{PREFIX}monitor_records_model_created", "model", "created_at"))
 
 # %% ../nbs/02_store.ipynb #2ae7f029
 _DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"}
