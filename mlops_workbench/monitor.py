@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PSI_EPS', 'METHODS', 'make_drift_data', 'psi', 'DriftThresholds', 'DriftReport', 'drift', 'QualityReport',
-           'quality']
+           'quality', 'parse_window', 'MonitorResult', 'run', 'result_to_html', 'MonitorHistory', 'history']
 
 # %% ../nbs/50_monitor.ipynb #0162e79f
 _LEVELS = {"plan": (["basic", "plus", "pro", "enterprise"], [0.5, 0.3, 0.15, 0.05]),
@@ -719,3 +719,216 @@ def quality(current: pd.DataFrame, # the batch to check
     report = QualityReport(pd.DataFrame(issues, columns=_QCOLUMNS), len(current), checks)
     log.info("quality: %s", report.summary())
     return report
+
+# %% ../nbs/50_monitor.ipynb #ca55bbcf
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+def parse_window(window: str | float | int) -> float:
+    "A window as seconds: `30m`, `12h`, `1d`, `2w`, or a number of seconds."
+    if isinstance(window, (int, float)) and not isinstance(window, bool) and window > 0: return float(window)
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", str(window))
+    if not m or float(m[1]) <= 0: raise MonitorError(f"window {window!r} must be a positive duration such as '30m', '12h', '1d' or '2w'")
+    return float(m[1]) * _UNITS[m[2]]
+
+# %% ../nbs/50_monitor.ipynb #1b7f5e5a
+@dataclass
+class MonitorResult:
+    "One monitoring run of a model: drift, quality, performance, the values alert rules saw, and the alerts that fired."
+    model: str  # the reference as given, e.g. cancer@production
+    version: int
+    source: str  # "data" or "prediction log"
+    window_start: float | None
+    window_end: float | None
+    n_rows: int
+    n_labelled: int
+    drift: DriftReport | None
+    quality: QualityReport | None
+    metrics: dict  # on the labelled current rows
+    training_metrics: dict  # stored with the version
+    values: dict  # what the alert rules were judged against
+    alerts: list = field(default_factory=list)  # alerts that fired now
+    record_id: int | None = None
+    run_id: str | None = None
+
+    def summary(self) -> str:
+        "One line: model, rows, drift verdict, a metric, alerts."
+        head = f"{self.model} (v{self.version}) on {self.n_rows:,} rows from the {self.source}"
+        drift = f"; {self.drift.summary()}" if self.drift is not None else ""
+        perf = "".join(f"; {k} {v:.4g} (training {self.training_metrics[k]:.4g})" for k, v in list(self.metrics.items())[:2] if k in self.training_metrics)
+        fired = f"; alerts fired: {', '.join(a['rule'] for a in self.alerts)}" if self.alerts else ""
+        return head + drift + perf + fired
+
+# %% ../nbs/50_monitor.ipynb #48b4dd70
+def _current_from_data(data, target: str | None, predictor) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series | None]:
+    "Inputs, outputs (prediction, proba_<class>) and labels of a file or frame, scored by the model."
+    from mlops_workbench.data import load
+    df = load(data) if isinstance(data, (str, os.PathLike)) else data
+    if not isinstance(df, pd.DataFrame): raise MonitorError(f"data must be a DataFrame or the path of a CSV/Parquet file, got {type(df).__name__}")
+    if target is not None and target not in df.columns: raise MonitorError(f"target column {target!r} is not in the data; its columns are: {', '.join(map(str, df.columns))}")
+    if len(df) == 0: raise MonitorError("the current data has no rows: nothing to monitor")
+    labels = df[target] if target is not None else None
+    scored = predictor.predict(df[[c for c in df.columns if c != target]])
+    return scored.inputs.reset_index(drop=True), scored.outputs().reset_index(drop=True), None if labels is None else labels.reset_index(drop=True)
+
+def _current_from_log(name: str, columns: list[str], window_s: float, end: float, workspace) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series | None]:
+    "Inputs, outputs and labels the server logged for this model over the window."
+    from datetime import datetime, timezone
+    from mlops_workbench.predictions import read_predictions
+    logged = read_predictions(model=name, start=datetime.fromtimestamp(end - window_s, timezone.utc), end=datetime.fromtimestamp(end, timezone.utc), workspace=workspace)
+    if len(logged) == 0: raise MonitorError(f"no logged predictions of {name} in the last {window_s / 3600:g} h; serve it (`mlwb serve`) or pass data=")
+    logged = logged.reset_index(drop=True)
+    outputs = logged[["prediction"] + [c for c in logged.columns if str(c).startswith("proba_")]]
+    labels = logged["label"] if "label" in logged.columns and logged["label"].notna().any() else None
+    return logged[[c for c in columns if c in logged.columns]], outputs, labels
+
+# %% ../nbs/50_monitor.ipynb #39117e56
+def _performance(mv, outputs: pd.DataFrame, labels: pd.Series | None) -> dict:
+    "The version's metrics on the labelled current rows (none without labels)."
+    from mlops_workbench.evaluate import evaluate_predictions
+    if labels is None: return {}
+    known = labels.notna().to_numpy()
+    if known.sum() < 2: return {}
+    classes = mv.signature.classes
+    proba = None
+    if classes:
+        cols = [f"proba_{c}" for c in classes]
+        if all(c in outputs.columns for c in cols): proba = outputs.loc[known, cols].to_numpy(float)
+    y = labels[known]
+    if classes and len(classes) and not isinstance(classes[0], str): y = pd.to_numeric(y, errors="coerce")
+    ev = evaluate_predictions(y.to_numpy(), outputs["prediction"][known].to_numpy(), proba=proba, classes=classes,
+                              task="classification" if mv.signature.output_kind == "classification" else "regression", n_boot=0)
+    return {k: float(v) for k, v in ev.metrics.items() if v is not None and np.isfinite(v)}
+
+def _alert_values(drift: DriftReport | None, quality_current: pd.DataFrame, n_rows: int, metrics: dict) -> dict:
+    "The numbers alert rules can name."
+    values = {"n_rows": n_rows, **metrics}
+    if drift is not None:
+        values.update(drift_share=drift.drift_share, drifted=float(drift.drifted))
+        for col, r in drift.table.iterrows():
+            if r.get("psi") is not None and not pd.isna(r.get("psi")): values[f"psi.{col}"] = float(r["psi"])
+            values[f"drift.{col}"] = float(bool(r["drifted"]))
+    for col in quality_current.columns: values[f"missing_rate.{col}"] = float(quality_current[col].isna().mean())
+    return values
+
+# %% ../nbs/50_monitor.ipynb #1d76e133
+def run(model: str, # a registry reference: "name@production", "name/3", "name"
+        data=None, # a DataFrame or a CSV/Parquet file to monitor; default: the model's prediction log over `window`
+        window: str | float = "1d", # how far back to read the prediction log (with data=None)
+        target: str | None = None, # the label column of `data`, for performance
+        method: str = "auto", # drift method: auto, test, distance or psi
+        log_run: bool = True, # also store a tracked run of kind "monitor" with the HTML report
+        alert: bool = True, # evaluate the workspace's [alerts] rules
+        workspace=None, # a workspace or its folder; default the current one
+        **thresholds, # DriftThresholds fields, e.g. share=0.3
+       ) -> MonitorResult:
+    "Monitor a registered model against its stored reference: drift, quality, performance; store the record and evaluate alerts."
+    import time
+    from mlops_workbench.config import get_workspace
+    from mlops_workbench.predictions import Predictor
+    from mlops_workbench.registry import get_version
+    ws = get_workspace(workspace)
+    mv = get_version(model, ws)
+    end = time.time()
+    if data is not None:
+        predictor = Predictor(mv.load(), mv.signature, name=mv.name, version=mv.version)
+        (inputs, outputs, labels), source, start = _current_from_data(data, target, predictor), "data", None
+    else:
+        span = parse_window(window)
+        (inputs, outputs, labels), source, start = _current_from_log(mv.name, mv.signature.columns, span, end, ws), "prediction log", end - span
+    reference, ref_out = mv.reference(), mv.reference_outputs()
+    cols = [c for c in mv.signature.columns if c in inputs.columns]
+    report = drift(reference[cols], inputs[cols], prediction=(ref_out["prediction"], outputs["prediction"]), method=method, **thresholds)
+    qual = quality(inputs[cols], reference[cols], signature=mv.signature)
+    metrics = _performance(mv, outputs, labels)
+    n_labelled = 0 if labels is None else int(labels.notna().sum())
+    result = MonitorResult(model, mv.version, source, start, end, len(inputs), n_labelled, report, qual, metrics, dict(mv.metrics),
+                           _alert_values(report, inputs[cols], len(inputs), metrics))
+    _store(result, ws, log_run)
+    if alert:
+        from mlops_workbench.alerts import evaluate as evaluate_alerts
+        result.alerts = evaluate_alerts(result.values, model, details={"record_id": result.record_id, "version": mv.version}, workspace=ws)
+    log.info("%s", result.summary())
+    return result
+
+# %% ../nbs/50_monitor.ipynb #c82bac14
+def _store(result: MonitorResult, ws, log_run: bool) -> None:
+    "The monitoring record, and the tracked run with the report."
+    import json, time
+    from mlops_workbench import store as S
+    if log_run:
+        from mlops_workbench.tracking import start_run
+        with start_run(experiment="monitoring", name=result.model, kind="monitor", workspace=ws,
+                       params={"model": result.model, "version": result.version, "source": result.source}) as r:
+            r.log_metrics({k: v for k, v in result.values.items() if "." not in k})
+            with tempfile.TemporaryDirectory() as d: r.log_artifact(result_to_html(result, Path(d)/"monitor.html"), "monitor.html")
+            result.run_id = r.id
+    summary = {"drift": None if result.drift is None else result.drift.to_dict(), "quality": None if result.quality is None else result.quality.to_dict(),
+               "training_metrics": result.training_metrics, "source": result.source, "n_labelled": result.n_labelled}
+    with ws.open_store().write() as conn:
+        result.record_id = conn.execute(S.monitor_records.insert().values(
+            model=result.model, version=result.version, window_start=result.window_start, window_end=result.window_end, created_at=time.time(),
+            n_rows=result.n_rows, drift_share=None if result.drift is None else result.drift.drift_share,
+            drifted=None if result.drift is None else result.drift.drifted, metrics=json.dumps(result.metrics),
+            summary=json.dumps(_json_safe(summary)), run_id=result.run_id)).inserted_primary_key[0]
+
+def result_to_html(result: MonitorResult, path: str | os.PathLike) -> Path:
+    "A standalone report of a monitoring run (plotly.js inlined once): verdicts, performance, drift, quality, alerts."
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td><td>{_fmt_metric(result.training_metrics.get(k))}</td></tr>" for k, v in result.metrics.items())
+    perf = (f"<h2>Performance on {result.n_labelled:,} labelled rows</h2><table><tr><th>metric</th><th>now</th><th>training</th></tr>{rows}</table>"
+            if result.metrics else "<h2>Performance</h2><p>No labels yet: send them with <code>mlwb feedback</code>.</p>")
+    fired = "".join(f"<li><b>{html.escape(a['rule'])}</b>: {html.escape(a['condition'])} (value {a['value']:.4g})</li>" for a in result.alerts)
+    figs = [] if result.drift is None else [result.drift.summary_figure(), *result.drift.figures().values()]
+    parts = [f"<div>{f.to_html(full_html=False, include_plotlyjs=i == 0)}</div>" for i, f in enumerate(figs)]
+    body = [f"<p><b>{html.escape(result.summary())}</b></p>", f"<h2>Alerts</h2><ul>{fired or '<li>none fired</li>'}</ul>", perf,
+            "<h2>Drift</h2>", result.drift._repr_html_() if result.drift is not None else "", *parts[:1], "<div class='grid'>", *parts[1:], "</div>",
+            "<h2>Data quality</h2>", result.quality._repr_html_() if result.quality is not None else ""]
+    return _write_atomic(Path(path), _page(f"Monitoring {result.model}", body))
+
+def _fmt_metric(v) -> str: return "–" if v is None else f"{v:.4g}"
+
+MonitorResult.to_html = lambda self, path: result_to_html(self, path)
+MonitorResult._repr_html_ = lambda self: (f"<p><b>{html.escape(self.summary())}</b></p>" + (self.drift._repr_html_() if self.drift is not None else ""))
+
+# %% ../nbs/50_monitor.ipynb #2e83b03b
+@dataclass
+class MonitorHistory:
+    "Monitoring records of a model over time: `.table`, and `.figure()` with drift share and metrics."
+    model: str | None
+    table: pd.DataFrame
+
+    def figure(self, metrics: list[str] | None = None) -> "go.Figure":
+        "Drift share and the given metrics (default: every metric recorded) against time, the training values dashed."
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        t = self.table
+        names = metrics or sorted({k for m in t["metrics"] for k in m})
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("Share of drifted columns", "Metrics on labelled traffic"))
+        fig.add_trace(go.Scatter(x=t["created_at"], y=t["drift_share"], mode="lines+markers", name="drift share"), row=1, col=1)
+        for name in names:
+            fig.add_trace(go.Scatter(x=t["created_at"], y=[m.get(name) for m in t["metrics"]], mode="lines+markers", name=name), row=2, col=1)
+            trained = next((m.get(name) for m in t["training_metrics"] if m.get(name) is not None), None)
+            if trained is not None: fig.add_hline(y=trained, line_dash="dash", row=2, col=1, annotation_text=f"{name} at training")
+        return fig.update_layout(title=f"Monitoring {self.model or 'all models'}", template="plotly_white", height=600)
+
+    def _repr_html_(self) -> str:
+        return self.figure().to_html(full_html=False, include_plotlyjs="cdn") + self.table.drop(columns=["metrics", "training_metrics"]).to_html()
+
+def history(model: str | None = None, # a model reference as monitored (e.g. cancer@production), or a model name for every reference of it
+            limit: int = 500, # at most this many records, newest kept
+            workspace=None, # a workspace or its folder; default the current one
+           ) -> MonitorHistory:
+    "The monitoring records of a model, oldest first."
+    import json
+    import sqlalchemy as sa
+    from mlops_workbench import store as S
+    from mlops_workbench.config import get_workspace
+    c = S.monitor_records.c
+    q = sa.select(c.id, c.model, c.version, c.created_at, c.window_start, c.window_end, c.n_rows, c.drift_share, c.drifted, c.metrics, c.summary, c.run_id)
+    if model: q = q.where(sa.or_(c.model == model, c.model.like(f"{model}@%"), c.model.like(f"{model}/%")))
+    with get_workspace(workspace).open_store().read() as conn: rows = conn.execute(q.order_by(c.id.desc()).limit(limit)).mappings().all()
+    df = pd.DataFrame(rows, columns=q.selected_columns.keys()).iloc[::-1].reset_index(drop=True)
+    df["metrics"] = [json.loads(m) for m in df["metrics"]]
+    df["training_metrics"] = [json.loads(s).get("training_metrics", {}) for s in df.pop("summary")]
+    for col in ("created_at", "window_start", "window_end"): df[col] = pd.to_datetime(df[col], unit="s", utc=True)
+    return MonitorHistory(model, df.set_index("id"))
