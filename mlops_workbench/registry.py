@@ -631,8 +631,9 @@ def _policy(policy):
     from mlops_workbench.gates import Policy
     return Policy(policy)
 
-def _gate_for(ws: Workspace, policy, candidate, champion) -> dict | None:
-    "The gate result that decides a promotion: the policy's, else a failed stored gate, else the workspace policy's, else the stored gate."
+def _gate_for(ws: Workspace, policy, candidate, champion, judged: dict | None = None) -> dict | None:
+    "The gate result that decides a promotion: one judged by the caller, else the policy's, else a failed stored gate, else the workspace policy's, else the stored gate."
+    if judged is not None: return judged
     metrics, champ = json.loads(candidate.metrics), (json.loads(champion.metrics) if champion is not None else None)
     if policy is not None: return policy.check(metrics, champ).to_dict()
     stored = json.loads(candidate.gate) if candidate.gate else None
@@ -642,7 +643,7 @@ def _gate_for(ws: Workspace, policy, candidate, champion) -> dict | None:
     return wp.check(metrics, champ).to_dict() if wp is not None else stored
 
 # %% ../nbs/41_registry.ipynb #caa618ed
-def _promote_in(conn, ws: Workspace, c: AliasChange, policy) -> tuple[AliasChange, bool]:
+def _promote_in(conn, ws: Workspace, c: AliasChange, policy, judged: dict | None = None) -> tuple[AliasChange, bool]:
     "Decide and (unless refused) apply a promotion inside a write transaction; returns the change and whether it was refused."
     _lock_model(conn, c.name)
     candidate = _version_row(conn, c.name, c.to_version)
@@ -651,7 +652,7 @@ def _promote_in(conn, ws: Workspace, c: AliasChange, policy) -> tuple[AliasChang
     c.from_version = _alias_version(conn, c.name, c.alias)
     if c.from_version == c.to_version: return replace(c, changed=False), False
     champion = _version_row(conn, c.name, c.from_version) if c.from_version is not None else None
-    c.gate = _gate_for(ws, policy, candidate, champion)
+    c.gate = _gate_for(ws, policy, candidate, champion, judged)
     if c.gate is not None and not c.gate["passed"] and not c.forced: return c, True
     _move_alias(conn, c)
     return c, False
@@ -670,15 +671,19 @@ def promote(name: str, # the registered model
             policy=None, # a gates.Policy, a list of rules or one string of rules; None: the stored gate and the workspace policy
             force: bool = False, # promote even if the gate fails (needs `reason`)
             reason: str | None = None, # why; required with `force`, kept in the history and the audit log
+            gate=None, # a GateResult (or its dict) judged by the caller, e.g. challenger against champion on fresh data; it decides instead of `policy`
             workspace=None) -> AliasChange:
     "Point `name@alias` at `version` if the gate allows it; the move, its history row and its audit entry are one transaction."
     name, alias, version = check_name(name), check_alias(alias), _check_version(version)
     reason = _check_reason(reason, force, "forcing a promotion past its gate")
+    if gate is not None and policy is not None: raise RegistryError("pass policy= (judged here on the stored metrics) or gate= (judged by you), not both")
+    judged = None if gate is None else (gate.to_dict() if hasattr(gate, "to_dict") else dict(gate))
+    if judged is not None and not isinstance(judged.get("passed"), bool): raise RegistryError("gate= must be a GateResult or its to_dict(), with a boolean 'passed'")
     policy, ws = _policy(policy), get_workspace(workspace)
     store = ws.open_store()
     with store.write() as conn:
         c, refused = _promote_in(conn, ws, AliasChange(name, alias, "promote", None, version, forced=bool(force), reason=reason,
-                                                      actor=S.actor(), time=time.time()), policy)
+                                                      actor=S.actor(), time=time.time()), policy, judged)
     if refused: _refuse(store, c)
     log.info("%s", c.message)
     return c
