@@ -13,8 +13,12 @@ import typer
 from .errors import WorkbenchError
 
 # %% auto #0
-__all__ = ['app', 'runs_app', 'data_app', 'tune_app', 'main', 'init', 'runs_ls', 'runs_show', 'runs_compare', 'runs_delete',
-           'data_profile', 'data_schema', 'data_validate', 'tune', 'tune_dashboard', 'run_job']
+__all__ = ['app', 'runs_app', 'data_app', 'tune_app', 'jobs_app', 'scheduler_app', 'models_app', 'alerts_app', 'main', 'init',
+           'runs_ls', 'runs_show', 'runs_compare', 'runs_delete', 'data_profile', 'data_schema', 'data_validate',
+           'tune', 'tune_dashboard', 'run_job', 'jobs_ls', 'jobs_run', 'jobs_history', 'jobs_enable', 'jobs_disable',
+           'scheduler_tick', 'scheduler_run', 'models_ls', 'models_show', 'models_promote', 'models_rollback',
+           'models_history', 'models_card', 'evaluate_model', 'serve_cmd', 'predict_cmd', 'feedback_cmd', 'alerts_ls',
+           'alerts_ack', 'monitor_cmd']
 
 # %% ../nbs/90_cli.ipynb #b08ced00
 app = typer.Typer(name="mlwb", help="mlops_workbench: track, tune, evaluate, register, serve and monitor models from notebooks and the shell.",
@@ -269,3 +273,325 @@ def run_job(ctx: typer.Context,
         for k, v in result.records.items(): typer.echo(f"  {k}: {v}")
         if result.error: typer.echo(f"  error: {result.error}", err=True)
     if not result.ok: raise typer.Exit(1)
+
+# %% ../nbs/90_cli.ipynb #c66a5d3a
+# cli: jobs
+jobs_app = typer.Typer(help="The jobs of mlwb.toml: list, run now, history, enable, disable.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+scheduler_app = typer.Typer(help="Run the scheduler: a loop (`run`) or one pass (`tick`, for cron or CI).", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+
+def _when(ts) -> str:
+    import pandas as pd
+    return "-" if ts is None or pd.isna(ts) else pd.Timestamp(ts).tz_convert(None).strftime("%Y-%m-%d %H:%M:%S")
+
+@jobs_app.command("ls")
+def jobs_ls(as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON.")):
+    "List the jobs: notebook, schedule, triggers, enabled, last run and next due time (UTC)."
+    from mlops_workbench.scheduler import jobs_table
+    df = jobs_table()
+    if as_json: return _echo_json(_frame_records(df))
+    if df.empty: return typer.echo("no jobs: add a [jobs.<name>] table to mlwb.toml")
+    for col in ("last_run", "next_due"): df[col] = df[col].map(_when)
+    typer.echo(df.to_string(na_rep="-"))
+
+@jobs_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def jobs_run(ctx: typer.Context, name: str = typer.Argument(..., help="A job of mlwb.toml."),
+             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Run a job now, through the scheduler's claim (trigger 'manual'): mlwb jobs run NAME [-p NAME VALUE ...]."
+    from mlops_workbench.scheduler import run_job
+    out = run_job(name, _pairs(ctx.args), from_text=True)
+    if as_json: _echo_json(out)
+    else: typer.echo(f"job {out['job']} {out['status']}  run {(out['run_id'] or '-')[:12]}" + (f"\n  error: {out['error']}" if out["error"] else ""))
+    if out["status"] != "finished": raise typer.Exit(1)
+
+@jobs_app.command("history")
+def jobs_history(name: Optional[str] = typer.Argument(None, help="Only this job."),
+                 limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many job runs."),
+                 as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    "The job runs, newest first: trigger, attempt, status, the tracked run and the error."
+    from mlops_workbench.scheduler import history
+    df = history(name, limit=limit)
+    if as_json: return _echo_json(_frame_records(df))
+    if df.empty: return typer.echo("no job runs yet")
+    df.index = df.index.str[:_SHORT]
+    df["run_id"] = df["run_id"].str[:_SHORT]
+    for col in ("created_at", "started_at", "ended_at"): df[col] = df[col].map(_when)
+    typer.echo(df[["job", "trigger", "detail", "attempt", "status", "created_at", "ended_at", "run_id", "error"]].to_string(na_rep="-", max_colwidth=60))
+
+@jobs_app.command("enable")
+def jobs_enable(name: str = typer.Argument(..., help="A job of mlwb.toml.")):
+    "Let schedules and triggers start the job again."
+    from mlops_workbench.scheduler import enable
+    enable(name); typer.echo(f"job {name} enabled")
+
+@jobs_app.command("disable")
+def jobs_disable(name: str = typer.Argument(..., help="A job of mlwb.toml.")):
+    "Stop schedules and triggers from starting the job (for every scheduler of the store)."
+    from mlops_workbench.scheduler import disable
+    disable(name); typer.echo(f"job {name} disabled")
+
+@scheduler_app.command("tick")
+def scheduler_tick(as_json: bool = typer.Option(False, "--json", help="Print the job runs of this pass as JSON.")):
+    "One pass: fire due schedules and triggers, run what is queued, exit (non-zero if a job failed)."
+    from mlops_workbench.scheduler import tick
+    ran = tick()
+    if as_json: _echo_json(ran)
+    else:
+        for r in ran: typer.echo(f"{r['job']:<20} {r['trigger']:<12} attempt {r['attempt']}  {r['status']}" + (f"  {r['error']}" if r["error"] else ""))
+        if not ran: typer.echo("nothing was due")
+    if any(r["status"] != "finished" for r in ran): raise typer.Exit(1)
+
+@scheduler_app.command("run")
+def scheduler_run(interval: float = typer.Option(30.0, "--interval", min=0.1, help="Seconds between passes.")):
+    "Tick in a loop until SIGTERM or Ctrl-C; a job that is running then is finished first."
+    import logging
+    from mlops_workbench.scheduler import run_scheduler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_scheduler(interval=interval)
+
+# %% ../nbs/90_cli.ipynb #118b9c28
+# cli: models
+models_app = typer.Typer(help="Registered models: list, show, promote, roll back, history, model cards.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+def _models_time(ts) -> str:
+    "A time (a Timestamp, or seconds since the epoch as the audit log keeps them) as UTC text without the zone."
+    import pandas as pd
+    if ts is None or pd.isna(ts): return "-"
+    t = pd.Timestamp(ts, unit="s", tz="UTC") if isinstance(ts, (int, float)) else pd.Timestamp(ts)
+    return t.tz_convert(None).strftime("%Y-%m-%d %H:%M:%S")
+
+def _models_frame(df) -> str:
+    "A registry frame as text: UTC times without zone, short run ids, '-' for anything missing."
+    out = df.copy()
+    for col in out.columns:
+        if col in ("created_at", "updated_at", "time"): out[col] = out[col].map(_models_time)
+        elif col == "run_id": out[col] = out[col].map(lambda r: r[:_SHORT] if isinstance(r, str) else None)
+        elif out[col].dtype.kind == "f": out[col] = out[col].map(lambda v: None if v != v else f"{v:.4g}")
+    out = out.astype(object)
+    return out.where(out.notna(), "-").to_string()
+
+@models_app.command("ls")
+def models_ls(name: Optional[str] = typer.Argument(None, help="A registered model: list its versions (default: list the models)."),
+              as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")):
+    "List registered models, or the versions of one (newest first, with aliases, gate and metrics)."
+    from mlops_workbench.registry import models, versions
+    df = models() if name is None else versions(name)
+    if as_json: return _echo_json(_frame_records(df))
+    if df.empty: return typer.echo("no registered models: register one with mlops_workbench.registry.register" if name is None else f"{name} has no versions")
+    typer.echo(_models_frame(df))
+
+@models_app.command("show")
+def models_show(ref: str = typer.Argument(..., help="A version: NAME/3, NAME@production, NAME (the latest)."),
+                as_json: bool = typer.Option(False, "--json", help="Print the version as JSON.")):
+    "Show one version: status, aliases, run, metrics, gate, signature and lineage."
+    from mlops_workbench.registry import get_version
+    d = get_version(ref).to_dict()
+    if as_json: return _echo_json(d)
+    head = {"version": d["ref"], "status": d["status"], "aliases": ", ".join(d["aliases"]) or "-", "run": d["run_id"] or "-",
+            "registered": f"{d['created_at'][:19]} UTC by {d['created_by']}", "sha256": d["artifact_sha256"],
+            "gate": "-" if d["gate"] is None else ("passed" if d["gate"]["passed"] else "failed"),
+            "git": f"{d['lineage'].get('git_commit') or '-'}{' (dirty)' if d['lineage'].get('git_dirty') else ''}"}
+    sig = d["signature"]
+    inputs = {c: f"{s['kind']} ({s['dtype']}){'' if s['nullable'] else ', required'}" for c, s in sig["inputs"].items()}
+    out = sig["output"]
+    lines = _section("model", head) + _section("metrics", d["metrics"]) + _section("inputs", inputs)
+    lines += _section("output", {"kind": out["kind"] or "-", "classes": ", ".join(map(str, out["classes"] or [])) or "-"})
+    typer.echo("\n".join(lines))
+
+@models_app.command("promote")
+def models_promote(name: str = typer.Argument(..., help="The registered model."),
+                   version: int = typer.Argument(..., help="The version to promote."),
+                   alias: str = typer.Option(..., "--alias", "-a", help="The alias to move, e.g. production or staging."),
+                   policy: list[str] = typer.Option([], "--policy", "-p", help="A gate rule, e.g. 'roc_auc >= champion + 0.005' (repeatable)."),
+                   force: bool = typer.Option(False, "--force", help="Promote even if the gate fails (needs --reason)."),
+                   reason: Optional[str] = typer.Option(None, "--reason", "-r", help="Why; kept in the alias history and the audit log."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the change as JSON.")):
+    "Point NAME@ALIAS at VERSION if the gate passes; a refusal lists the failed rules and exits 1."
+    from mlops_workbench.registry import promote
+    c = promote(name, version, alias, policy=policy or None, force=force, reason=reason)
+    if as_json: return _echo_json({**c.to_dict(), "message": c.message})
+    typer.echo(c.message)
+
+@models_app.command("rollback")
+def models_rollback(name: str = typer.Argument(..., help="The registered model."),
+                    alias: str = typer.Option(..., "--alias", "-a", help="The alias to move back."),
+                    reason: Optional[str] = typer.Option(None, "--reason", "-r", help="Why; kept in the alias history and the audit log."),
+                    as_json: bool = typer.Option(False, "--json", help="Print the change as JSON.")):
+    "Move NAME@ALIAS back to the version it pointed at before its last move."
+    from mlops_workbench.registry import rollback
+    c = rollback(name, alias, reason=reason)
+    if as_json: return _echo_json({**c.to_dict(), "message": c.message})
+    typer.echo(c.message)
+
+@models_app.command("history")
+def models_history(name: str = typer.Argument(..., help="The registered model."),
+                   alias: Optional[str] = typer.Option(None, "--alias", "-a", help="Only this alias."),
+                   audit: bool = typer.Option(False, "--audit", help="List the model's audit-log entries instead (registrations, promotions, refusals, archivals, deletions)."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the history as JSON.")):
+    "Every move of a model's aliases, oldest first: who, when, from and to which version, gate, forced, reason."
+    from mlops_workbench.registry import alias_history, audit_trail
+    if audit:
+        entries = audit_trail(name)
+        if as_json: return _echo_json(entries)
+        for e in entries: typer.echo(f"{_models_time(e['time'])}  {e['actor']:<20} {e['action']:<22} {e['target_id']}  {e['details'].get('reason') or ''}".rstrip())
+        return
+    df = alias_history(name, alias)
+    if as_json: return _echo_json(_frame_records(df))
+    typer.echo("no alias moves yet" if df.empty else _models_frame(df))
+
+@models_app.command("card")
+def models_card(ref: str = typer.Argument(..., help="A version: NAME/3, NAME@production, NAME (the latest)."),
+                output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this .md or .html file instead of printing Markdown."),
+                intended_use: Optional[str] = typer.Option(None, "--intended-use", help="Intended use (default: the description given at registration)."),
+                limitations: Optional[str] = typer.Option(None, "--limitations", help="Known limitations, listed first.")):
+    "The model card of a version: intended use, model, data, metrics, fairness, explanations, limitations, lineage."
+    from mlops_workbench.registry import model_card
+    card = model_card(ref, intended_use=intended_use, limitations=limitations)
+    if output is None: return typer.echo(card.markdown, nl=False)
+    typer.echo(f"model card of {card.ref} written to {card.save(output)}")
+
+# %% ../nbs/90_cli.ipynb #af900741
+# cli: evaluate
+_HEADLINES = {"binary": ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss", "brier", "ece"),
+              "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "ece"),
+              "regression": ("mae", "rmse", "r2", "mape", "median_ae")}
+_FAIRNESS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference", "equalized_odds_ratio", "mae_difference")
+
+def _evaluation_lines(ev, title: str) -> list[str]:
+    "The headline metrics with their intervals, then fairness numbers and notes."
+    keys = [k for k in (*_HEADLINES[ev.kind], *_FAIRNESS) if k in ev.metrics]
+    width, lines = max(map(len, keys)), [title]
+    for k in keys:
+        lo, hi = ev.ci.get(k, [math.nan, math.nan])
+        lines.append(f"  {k:<{width}}  {ev.metrics[k]:.4g}" + (f"  [{lo:.4g}, {hi:.4g}]" if math.isfinite(lo) else ""))
+    return lines + [f"  note: {n}" for n in ev.notes]
+
+@app.command("evaluate")
+def evaluate_model(model: str = typer.Argument(..., help="A .skops file, a run id (prefix) with artifact best_model.skops or model.skops, or a registry reference name@alias / name/3."),
+                   data: Path = typer.Option(..., "--data", "-d", help="CSV, TSV or Parquet file with the features and the target."),
+                   target: str = typer.Option(..., "--target", "-t", help="The target column."),
+                   sensitive: Optional[list[str]] = typer.Option(None, "--sensitive", "-s", help="A sensitive column for fairness; repeat it for intersectional groups."),
+                   out: Path = typer.Option(Path("evaluation.html"), "--out", "-o", help="Where to write the HTML report."),
+                   task: str = typer.Option("auto", "--task", help="classification, regression, or auto (from the model)."),
+                   n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for the confidence intervals."),
+                   seed: int = typer.Option(0, "--seed", help="Seed of the resamples and the importance shuffles."),
+                   explain: bool = typer.Option(True, "--explain/--no-explain", help="Compute permutation importances and partial dependence."),
+                   experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Also record the evaluation as a run of this experiment."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON.")):
+    "Evaluate a model on a labelled data file: metrics with confidence intervals, fairness, and an HTML report."
+    import contextlib
+    from mlops_workbench.data import load
+    from mlops_workbench.dashboards import evaluation_dashboard
+    from mlops_workbench.errors import EvaluationError
+    from mlops_workbench.evaluate import evaluate, load_model
+    df = load(data)
+    if target not in df.columns: raise EvaluationError(f"target column {target!r} is not in {data.name}; columns: {[str(c) for c in df.columns][:20]}")
+    est = load_model(model)
+    ctx = contextlib.nullcontext()
+    if experiment:
+        from mlops_workbench.tracking import start_run
+        ctx = start_run(experiment, name=f"evaluate {Path(model).name}", kind="evaluation", params={"model": model, "data": str(data), "target": target})
+    with ctx as run:
+        if run is not None: run.log_input(df, "test")
+        ev = evaluate(est, df.drop(columns=[target]), df[target], task=task, sensitive_features=sensitive or None, n_boot=n_boot,
+                      seed=seed, explain=explain, run=run, log=run is not None)
+        report = evaluation_dashboard(ev, explain=False, title=f"{model} on {data.name}").to_html(out)
+    if as_json: return _echo_json({"model": model, "data": str(data), "report": str(report), "run_id": run.id if run else None, **ev.to_dict()})
+    title = f"{model} on {data.name}: {ev.kind}, {ev.n:,} rows" + (f", positive class {ev.positive_class!r}" if ev.kind == "binary" else "")
+    typer.echo("\n".join(_evaluation_lines(ev, title) + [f"report written to {report}"] + ([f"run {run.id}"] if run else [])))
+
+# %% ../nbs/90_cli.ipynb #44095656
+# cli: serve
+@app.command("serve")
+def serve_cmd(ref: str = typer.Argument(..., help="The model: NAME@ALIAS, NAME/VERSION or NAME (its latest version)."),
+              host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default; anything else should have a token)."),
+              port: int = typer.Option(8000, "--port", "-p", min=1, max=65535, help="TCP port."),
+              token_env: str = typer.Option("MLWB_SERVE_TOKEN", "--token-env", help="Environment variable holding the bearer token; unset means no authentication."),
+              reload_interval: float = typer.Option(1.0, "--reload-interval", min=0.05, help="Seconds between checks of where the reference points."),
+              max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body, in MB."),
+              max_rows: int = typer.Option(100_000, "--max-rows", min=1, help="Most rows in one request."),
+              no_log: bool = typer.Option(False, "--no-log", help="Do not append predictions to the prediction log."),
+              access_log: bool = typer.Option(False, "--access-log", help="Print one line per request."),
+              log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error.")):
+    "Serve a registered model: POST /predict, GET /health, /metadata, /metrics and /docs; follows the alias to new versions."
+    import logging
+    from mlops_workbench.serving import serve
+    handler = logging.StreamHandler()  # our messages (version switches, log problems) next to uvicorn's, nobody else's
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    lib = logging.getLogger("mlops_workbench"); lib.addHandler(handler); lib.setLevel(log_level.upper())
+    serve(ref, host=host, port=port, token_env=token_env, log_level=log_level, access_log=access_log, reload_interval=reload_interval,
+          max_body_bytes=int(max_body_mb * 1_000_000), max_rows=max_rows, log_predictions=not no_log)
+
+# %% ../nbs/90_cli.ipynb #3b112a75
+# cli: predict
+@app.command("predict")
+def predict_cmd(ref: str = typer.Argument(..., help="The model: NAME@ALIAS, NAME/VERSION or NAME (its latest version)."),
+                input: Path = typer.Argument(..., help="CSV, TSV or Parquet file of rows to score."),
+                out: Path = typer.Option(..., "--out", "-o", help="Output file, .csv or .parquet: the rows with prediction and proba_<class> columns."),
+                chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Rows read, checked and predicted at a time."),
+                passthrough: list[str] = typer.Option([], "--passthrough", help="Column copied to the output but not given to the model (repeatable)."),
+                no_log: bool = typer.Option(False, "--no-log", help="Do not append the predictions to the prediction log."),
+                as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Score a CSV or Parquet file in chunks; the output appears complete or not at all."
+    from mlops_workbench.predictions import predict_file
+    res = predict_file(ref, input, out, chunk_rows=chunk_rows, passthrough=passthrough, log_predictions=not no_log, progress=sys.stderr.isatty())
+    if as_json: return _echo_json(res)
+    typer.echo(f"{res['rows']:,} rows scored by {res['model']} version {res['version']} in {res['seconds']:.1f} s; written to {res['output']}")
+    for w in res["warnings"]: typer.echo(f"  warning: {w}")
+
+@app.command("feedback")
+def feedback_cmd(file: Path = typer.Argument(..., help="CSV or Parquet file with columns request_id and label."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Store labels for logged predictions; they join the prediction log by request id (or <request_id>:<row>)."
+    from mlops_workbench.predictions import feedback
+    rep = feedback(file)
+    if as_json: return _echo_json(rep.to_dict())
+    typer.echo(str(rep))
+
+# %% ../nbs/90_cli.ipynb #034afe4e
+# cli: alerts
+alerts_app = typer.Typer(help="Alerts fired by monitoring runs: list and acknowledge.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+@alerts_app.command("ls")
+def alerts_ls(status: Optional[str] = typer.Option("open", "--status", "-s", help="open (default), firing, acknowledged, resolved, or all."),
+              limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many, newest first."),
+              as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    "List alerts: rule, scope, status, value, when it fired and how often it was seen since."
+    from mlops_workbench.alerts import alerts
+    df = alerts(None if status == "all" else status, limit=limit)
+    if as_json: return _echo_json(_frame_records(df))
+    if df.empty: return typer.echo(f"no {'' if status == 'all' else status + ' '}alerts")
+    for col in ("fired_at", "last_seen_at"): df[col] = df[col].dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S")
+    typer.echo(df[["rule", "scope", "status", "condition", "value", "fired_at", "last_seen_at", "times_seen", "ack_by"]].to_string(na_rep="-"))
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: int = typer.Argument(..., help="The alert's id (see `mlwb alerts ls`)."),
+               note: str = typer.Option("", "--note", "-m", help="What was done about it.")):
+    "Acknowledge a firing alert (who and when go to the audit log); it stays open until its condition clears."
+    from mlops_workbench.alerts import ack
+    ack(alert_id, note); typer.echo(f"alert {alert_id} acknowledged")
+
+# %% ../nbs/90_cli.ipynb #a19fd3d8
+# cli: monitor
+@app.command("monitor")
+def monitor_cmd(model: str = typer.Argument(..., help="A registered model: NAME@ALIAS, NAME/VERSION or NAME."),
+                data: Optional[Path] = typer.Option(None, "--data", help="A CSV or Parquet file to monitor (default: the prediction log)."),
+                window: str = typer.Option("1d", "--window", help="How far back to read the prediction log: 30m, 12h, 1d, 2w."),
+                target: Optional[str] = typer.Option(None, "--target", help="The label column of --data, for performance."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Write a standalone HTML report here."),
+                as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    "Monitor a model against its training reference: drift, data quality, performance; store the record and fire alert rules."
+    from mlops_workbench.monitor import run
+    result = run(model, data=str(data) if data else None, window=window, target=target)
+    if out: result.to_html(out)
+    info = {"model": result.model, "version": result.version, "source": result.source, "n_rows": result.n_rows, "n_labelled": result.n_labelled,
+            "drift_share": result.drift.drift_share, "drifted": result.drift.drifted, "drifted_columns": result.drift.drifted_columns,
+            "quality_passed": result.quality.passed, "metrics": result.metrics, "training_metrics": result.training_metrics,
+            "alerts": [a["rule"] for a in result.alerts], "record": result.record_id, "run": result.run_id, "report": str(out) if out else None}
+    if as_json: return _echo_json(info)
+    typer.echo(result.summary())
+    typer.echo(f"  quality: {result.quality.summary()}")
+    if out: typer.echo(f"  report:  {out}")

@@ -780,7 +780,8 @@ def _current_from_log(name: str, columns: list[str], window_s: float, end: float
     logged = logged.reset_index(drop=True)
     outputs = logged[["prediction"] + [c for c in logged.columns if str(c).startswith("proba_")]]
     labels = logged["label"] if "label" in logged.columns and logged["label"].notna().any() else None
-    return logged[[c for c in columns if c in logged.columns]], outputs, labels
+    stored = {c: f"input_{c}" if f"input_{c}" in logged.columns else c for c in columns}  # the log renames inputs named like its own columns
+    return logged[[v for v in stored.values() if v in logged.columns]].rename(columns={v: k for k, v in stored.items()}), outputs, labels
 
 # %% ../nbs/50_monitor.ipynb #39117e56
 def _performance(mv, outputs: pd.DataFrame, labels: pd.Series | None) -> dict:
