@@ -5,7 +5,10 @@ __version__ = "0.1.0"
 
 # %% auto #0
 __all__ = ['start_run', 'get_run', 'active_run', 'delete_run', 'Run', 'runs', 'compare', 'init_workspace', 'get_workspace',
-           'use_workspace', 'WorkbenchError']
+           'use_workspace', 'WorkbenchError', 'Evaluation', 'evaluate_predictions', 'load_model',
+           'evaluation_dashboard', 'Policy', 'GateResult', 'register', 'promote', 'rollback', 'get_version',
+           'model_card', 'Signature', 'serve', 'create_app', 'Predictor', 'predict_file', 'read_predictions',
+           'feedback', 'drift', 'quality', 'run_notebook', 'record']
 
 # %% ../nbs/index.ipynb #d9068f65
 _API = {
@@ -13,9 +16,18 @@ _API = {
     "runs": "query", "compare": "query",
     "init_workspace": "config", "get_workspace": "config", "use_workspace": "config",
     "WorkbenchError": "errors",
+    "Evaluation": "evaluate", "evaluate_predictions": "evaluate", "load_model": "evaluate", "evaluation_dashboard": "dashboards",
+    "Policy": "gates", "GateResult": "gates",
+    "register": "registry", "promote": "registry", "rollback": "registry", "get_version": "registry", "model_card": "registry",
+    "Signature": "signature", "serve": "serving", "create_app": "serving",
+    "Predictor": "predictions", "predict_file": "predictions", "read_predictions": "predictions", "feedback": "predictions",
+    "drift": "monitor", "quality": "monitor", "run_notebook": "jobs", "record": "jobs",
 }
 _all_ = ["start_run", "get_run", "active_run", "delete_run", "Run", "runs", "compare",
-         "init_workspace", "get_workspace", "use_workspace", "WorkbenchError"]  # nbdev reads this literal for __all__
+         "init_workspace", "get_workspace", "use_workspace", "WorkbenchError",
+         "Evaluation", "evaluate_predictions", "load_model", "evaluation_dashboard", "Policy", "GateResult",
+         "register", "promote", "rollback", "get_version", "model_card", "Signature", "serve", "create_app",
+         "Predictor", "predict_file", "read_predictions", "feedback", "drift", "quality", "run_notebook", "record"]  # nbdev reads this literal for __all__
 
 def __getattr__(name: str):
     "Import public names from their modules on first use."
