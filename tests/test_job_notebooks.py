@@ -55,3 +55,16 @@ def test_papermill_values_reach_the_run(tmp_path):
     assert (run["params.model"], run["params.trials"], run["status"]) == ("logreg", 2, "finished")
     models = subprocess.run([str(BIN/"mlwb"), "models", "ls", "--json"], cwd=ws, capture_output=True, text=True, env=env, check=True)
     assert [m["name"] for m in json.loads(models.stdout)] == ["injected"]
+
+
+@pytest.mark.slow
+def test_the_job_notebooks_run_with_no_parameters(sqlite_ws):
+    """train, evaluate and monitor each run with their defaults on a fresh workspace, in the order the loop runs them."""
+    from mlops_workbench.jobs import run_notebook
+    from mlops_workbench.registry import aliases
+    train = run_notebook(ROOT/"nbs"/"jobs"/"train.ipynb").raise_if_failed()
+    assert train.records["model_version"] == 1 and train.records["gate_passed"] is True
+    evaluate = run_notebook(ROOT/"nbs"/"jobs"/"evaluate.ipynb").raise_if_failed()
+    assert evaluate.records["promoted"] is True and aliases("churn") == {"production": 1}
+    monitor = run_notebook(ROOT/"nbs"/"jobs"/"monitor.ipynb").raise_if_failed()
+    assert monitor.records["n_rows"] == 1000 and (sqlite_ws.root/"reports"/"monitor.html").exists()
