@@ -768,7 +768,7 @@ def _current_from_data(data, target: str | None, predictor) -> tuple[pd.DataFram
     if target is not None and target not in df.columns: raise MonitorError(f"target column {target!r} is not in the data; its columns are: {', '.join(map(str, df.columns))}")
     if len(df) == 0: raise MonitorError("the current data has no rows: nothing to monitor")
     labels = df[target] if target is not None else None
-    scored = predictor.predict(df[[c for c in df.columns if c != target]])
+    scored = predictor.predict(df[[c for c in df.columns if c != target]], strict=False)  # extra columns (ids, timestamps) are ignored
     return scored.inputs.reset_index(drop=True), scored.outputs().reset_index(drop=True), None if labels is None else labels.reset_index(drop=True)
 
 def _current_from_log(name: str, columns: list[str], window_s: float, end: float, workspace) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series | None]:
