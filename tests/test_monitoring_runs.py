@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -70,6 +71,6 @@ def test_mlwb_monitor(production, tmp_path):
     assert (info["version"], info["n_rows"], info["n_labelled"]) == (1, 1500, 1500)
     assert {"age", "income"} <= set(info["drifted_columns"]) and info["alerts"] == ["drift_high"]
     page = (tmp_path/"m.html").read_text()
-    assert "Monitoring churn@production" in page and "cdn.plot.ly" not in page
+    assert "Monitoring churn@production" in page and not re.search(r"<script[^>]+src=[\"']https?:", page)  # plotly.js inlined, no CDN
     bad = mlwb("monitor", "churn@production", "--window", "1d", cwd=ws.root)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no logged predictions of churn")
