@@ -17,20 +17,20 @@ $(STAMP): pyproject.toml settings.ini
 
 install: $(STAMP)
 
-## make demo: init a workspace and run the training job on the embedded default (SQLite, local artifacts)
+## make demo: the whole continuous-training loop, headless, in a fresh workspace on the embedded default (SQLite, local artifacts)
 demo: $(STAMP)
+	@if [ -e $(DEMO) ]; then echo "$(DEMO)/ exists from an earlier demo: remove it (rm -rf $(DEMO)) or run make demo DEMO=another-folder" >&2; exit 1; fi
 	$(BIN)/mlwb init $(DEMO)
-	@mkdir -p $(DEMO)/jobs
-	cd $(DEMO) && MLWB_SOURCE=$(CURDIR)/nbs/jobs/train.ipynb ../$(BIN)/papermill --no-progress-bar \
-		$(CURDIR)/nbs/jobs/train.ipynb jobs/train-$$(date +%Y%m%d-%H%M%S).ipynb
+	cd $(DEMO) && $(CURDIR)/$(BIN)/mlwb run $(CURDIR)/nbs/jobs/loop.ipynb --name demo
 	@echo
-	@echo "== Runs in $(DEMO) (newest first)"
-	@$(BIN)/mlwb -W $(DEMO) runs ls -n 5
+	@echo "== churn@production and how it moved";  $(BIN)/mlwb -W $(DEMO) models history churn
+	@echo; echo "== Jobs the loop ran";                 $(BIN)/mlwb -W $(DEMO) jobs history
+	@echo; echo "== Alerts";                            $(BIN)/mlwb -W $(DEMO) alerts ls --status all
 	@echo
-	@echo "== The run just made"
-	@$(BIN)/mlwb -W $(DEMO) runs show $$($(BIN)/mlwb -W $(DEMO) runs ls -q -n 1)
-	@echo
-	@echo "Executed notebooks: $(DEMO)/jobs/   Reports: $(DEMO)/reports/   Store: $(DEMO)/.mlwb/mlwb.db   Artifacts: $(DEMO)/.mlwb/artifacts/"
+	@echo "Runs: mlwb -W $(DEMO) runs ls   Model versions: mlwb -W $(DEMO) models ls churn   The loop's notebook: $(DEMO)/jobs/demo/"
+	@echo "Workspace: $(DEMO)/   Store: $(DEMO)/.mlwb/mlwb.db   Artifacts: $(DEMO)/.mlwb/artifacts/"
+	@echo "Reports: $(DEMO)/reports/   Executed notebooks: $(DEMO)/jobs/   Prediction log: $(DEMO)/.mlwb/artifacts/predictions/"
+	@if [ -f _docs/index.html ]; then echo "Docs site: _docs/index.html"; else echo "Docs site: make docs, then open _docs/index.html"; fi
 
 ## make test: every check: export-sync, notebook tests, pytest (browser tests drive Debian's chromium)
 test: $(STAMP) browser check-sync nbtest pytest
