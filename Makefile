@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-workspace
 
-.PHONY: demo test install browser check-sync nbtest pytest readme export clean bench
+.PHONY: demo test install browser check-sync nbtest pytest readme export clean bench screenshots
 
 $(STAMP): pyproject.toml settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ pytest: $(STAMP)
 
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+## make screenshots: rerun the browser tests and copy their screenshots to nbs/images/ (the README shows them)
+screenshots: $(STAMP) browser
+	$(BIN)/python -m pytest tests/test_explorer_browser.py tests/test_dashboard_browser.py -q
+	@mkdir -p nbs/images
+	cp tests/artifacts/explorer.png tests/artifacts/evaluation_dashboard.png tests/artifacts/evaluation_widget.png nbs/images/
 
 readme: $(STAMP)
 	$(BIN)/python .ci/readme.py

@@ -29,13 +29,18 @@ def is_hidden(code: str) -> bool:
     return any(re.match(r"^#\|\s*(hide|export|exporti|default_exp|exports)\b", line) for line in code.splitlines())
 
 
+def rebase_images(markdown: str) -> str:
+    """Image links relative to nbs/ (where the notebook and the docs site see them) made relative to the repository root."""
+    return re.sub(r"(!\[[^\]]*\]\()(?![a-z]+:|/)", r"\1nbs/", markdown)
+
+
 def render(nb: dict) -> str:
     """The README text for the index notebook `nb`."""
     parts = []
     for cell in nb["cells"]:
         text = cell_text(cell).strip()
         if not text: continue
-        if cell["cell_type"] == "markdown": parts.append(text)
+        if cell["cell_type"] == "markdown": parts.append(rebase_images(text))
         elif cell["cell_type"] == "code" and not is_hidden(text): parts.append(f"```python\n{text}\n```")
     return HEADER + "\n\n".join(parts) + "\n"
 
