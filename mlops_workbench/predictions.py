@@ -4,7 +4,7 @@
 
 # %% ../nbs/43_predictions.ipynb #ac24b41c
 from __future__ import annotations
-import atexit, logging, math, os, queue, re, threading, time, uuid, weakref
+import atexit, logging, os, queue, threading, time, uuid, weakref
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -47,82 +47,7 @@ class Scored:
         return pd.concat([self.inputs, self.outputs()], axis=1)
 
 # %% ../nbs/43_predictions.ipynb #656afee5
-_FAST_KINDS = ("integer", "numeric", "boolean", "categorical")
-
-class _FastFrame:
-    "The frame `Signature.frame` builds, for plainly clean input; `None` whenever anything needs a closer look."
-    def __init__(self, sig):
-        self.columns, spec = list(sig.columns), sig.inputs
-        self.column_set = set(self.columns)
-        self.ok = all(spec[c]["kind"] in _FAST_KINDS and (spec[c]["kind"] != "categorical" or _text_categories(spec[c])) for c in self.columns)
-        self.num = [c for c in self.columns if spec[c]["kind"] in ("integer", "numeric")]
-        bound = lambda c, k, inf: inf if spec[c].get(k) is None else float(spec[c][k])
-        self.lo, self.hi = (np.array([bound(c, "min", -np.inf) for c in self.num]), np.array([bound(c, "max", np.inf) for c in self.num]))
-        self.num_nullable = np.array([bool(spec[c]["nullable"]) for c in self.num])
-        self.whole = np.array([spec[c]["kind"] == "integer" for c in self.num])
-        self.text = {c: (set(spec[c]["categories"]) if spec[c]["categories"] is not None else None, spec[c]["nullable"]) for c in self.columns if spec[c]["kind"] == "categorical"}
-        self.bools = [c for c in self.columns if spec[c]["kind"] == "boolean"]
-        self.dtypes = {c: _dtype_of(spec[c]) for c in self.columns} if self.ok else {}
-        self.float_block = self.ok and self.num == self.columns and all(self.dtypes[c] == np.float64 for c in self.columns)
-
-def _text_categories(spec: dict) -> bool:
-    "Whether a categorical input is plain text the fast check can judge (text categories, a text dtype)."
-    cats = spec.get("categories")
-    return spec["dtype"] in ("str", "string", "category") and (cats is None or all(isinstance(c, str) for c in cats))
-
 def _py(v): return v.item() if isinstance(v, np.generic) else v
-
-def _dtype_of(spec: dict):
-    if spec["dtype"] == "category": return pd.CategoricalDtype(spec["categories"], ordered=spec.get("ordered", False))
-    return pd.api.types.pandas_dtype(spec["dtype"])
-
-# %% ../nbs/43_predictions.ipynb #44db379f
-def _numbers_clean(self: _FastFrame, df: pd.DataFrame, cols: list) -> np.ndarray | None:
-    "The numeric inputs as one float array when they are plainly clean, else None."
-    if not self.num: return np.empty((len(df), 0))
-    block = df if self.num == cols else df[self.num]
-    if any(t.kind not in "iuf" for t in block.dtypes): return None
-    a = block.to_numpy(dtype="float64")
-    nan = np.isnan(a)
-    if (nan & ~self.num_nullable).any() or ((a < self.lo) | (a > self.hi)).any(): return None
-    if self.whole.any() and (~nan[:, self.whole] & (a[:, self.whole] != np.round(a[:, self.whole]))).any(): return None
-    return a
-
-def _text_clean(self: _FastFrame, df: pd.DataFrame) -> bool:
-    for c, (cats, nullable) in self.text.items():
-        s = df[c]
-        if not _text_dtype(s.dtype): return False
-        if (not nullable or self.dtypes[c] == object) and s.isna().any(): return False
-        if cats is not None and not s.dropna().isin(cats).all(): return False
-    return all(df[c].dtype == bool for c in self.bools)
-
-def _text_dtype(t) -> bool:
-    "A column dtype that can only hold text (and missing values)."
-    if isinstance(t, pd.CategoricalDtype): return _text_dtype(t.categories.dtype)
-    return pd.api.types.is_string_dtype(t) and t != object
-
-def _fast_call(self: _FastFrame, df: pd.DataFrame) -> pd.DataFrame | None:
-    cols = df.columns.tolist()
-    if not self.ok or len(cols) != len(self.columns) or set(cols) != self.column_set: return None
-    a = self._numbers_clean(df, cols)
-    if a is None or not self._text_clean(df): return None
-    if self.float_block:  # every input a float: one block straight from the checked array
-        out = pd.DataFrame(a if cols == self.columns else df[self.columns].to_numpy(dtype="float64"), columns=self.columns, index=df.index)
-    else: out = df[self.columns].astype(self.dtypes)
-    out.attrs["problems"] = []
-    return out
-
-_FastFrame._numbers_clean, _FastFrame._text_clean, _FastFrame.__call__ = _numbers_clean, _text_clean, _fast_call
-
-# %% ../nbs/43_predictions.ipynb #478b9192
-def _strict_problems(problems: list[dict]) -> list[dict]:
-    "Problems with unexpected columns counted as errors."
-    return [{**p, "severity": "error"} if p["kind"] == "unexpected_column" else p for p in problems]
-
-def _signature_error(problems: list[dict]) -> SignatureError:
-    errors = [p for p in problems if p["severity"] == "error"]
-    shown = "; ".join(p["message"] for p in errors[:10]) + (f"; and {len(errors) - 10} more (see .problems)" if len(errors) > 10 else "")
-    return SignatureError(f"input does not match the model's signature, {len(errors)} error(s): {shown}", problems)
 
 class Predictor:
     "One model version with its signature: checks input, predicts, and gives class probabilities for classifiers."
@@ -136,53 +61,16 @@ class Predictor:
         self.proba = bool(getattr(signature, "proba", False)) and hasattr(model, "predict_proba")
         classes = getattr(model, "classes_", None)
         self.classes = [_py(c) for c in classes] if classes is not None else signature.classes
-        self._fast = _FastFrame(signature)
 
     def __repr__(self) -> str: return f"Predictor({self.name!r}, version={self.version}, {len(self.signature.columns)} inputs)"
 
-# %% ../nbs/43_predictions.ipynb #7e19b7f0
-def _is_infinite(v) -> bool:
-    "A float or a text that reads as an infinite number (1e400, 'inf')."
-    if isinstance(v, float): return math.isinf(v)
-    if not isinstance(v, str): return False
-    try: return math.isinf(float(v.strip()))
-    except ValueError: return False
-
-def _infinities(sig, df: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    "Number inputs holding an infinity, each column named, with the infinite cells replaced by a harmless value for the other checks."
-    problems, out = [], df
-    for c in sig.columns:
-        spec = sig.inputs[c]
-        if c not in df.columns or spec["kind"] not in ("integer", "numeric") or df[c].dtype.kind in "iub": continue
-        values = df[c].to_numpy()
-        bad = np.isinf(values) if values.dtype.kind == "f" else np.fromiter((_is_infinite(v) for v in values), bool, len(values))
-        if not bad.any(): continue
-        rows = np.flatnonzero(bad)
-        problems.append({"column": c, "kind": "wrong_type", "severity": "error", "rows": rows[:5].tolist(),
-                         "message": f"column {c!r}: {len(rows)} value(s) are infinite or beyond the float range, e.g. {values[rows[0]]!r} "
-                                    f"(rows {', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''}); send finite numbers"})
-        if out is df: out = df.copy()
-        out[c] = out[c].astype(object).where(~bad, spec["min"] if spec.get("min") is not None else 0)
-    return out, problems
-
+# %% ../nbs/43_predictions.ipynb #44db379f
 def _frame(self: Predictor, data, # a DataFrame, records, {"records": [...]} or {"columns": [...], "data": [...]}
            strict: bool = True, # columns the model does not take are errors (else warnings)
+           row_offset: int = 0, # added to the row numbers of problems (the position of the first row in a larger file)
           ) -> pd.DataFrame: # the inputs in training order and dtypes; warnings in `.attrs["problems"]`
     "The input as the model expects it; raises `SignatureError` naming every problem."
-    from mlops_workbench.signature import parse_input
-    if not isinstance(data, pd.DataFrame):
-        data, shape = parse_input(data)
-        if data is None: raise _signature_error(shape)
-    X = self._fast(data)
-    if X is not None: return X
-    data, problems = _infinities(self.signature, data)
-    try: X = self.signature.frame(data)
-    except SignatureError as e: problems += e.problems
-    else: problems += X.attrs.get("problems", [])
-    if strict: problems = _strict_problems(problems)
-    if any(p["severity"] == "error" for p in problems): raise _signature_error(problems)
-    X.attrs["problems"] = problems
-    return X
+    return self.signature.frame(data, row_offset=row_offset, strict=strict)
 
 def _outputs(model, X: pd.DataFrame, proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
     "`predict` (and `predict_proba`); a Pipeline's transformers run once for both, as Pipeline itself would run them."
@@ -194,9 +82,10 @@ def _outputs(model, X: pd.DataFrame, proba: bool) -> tuple[np.ndarray, np.ndarra
 
 def _predict(self: Predictor, data, # a DataFrame, records, {"records": [...]} or {"columns": [...], "data": [...]}
              strict: bool = True, # columns the model does not take are errors (else warnings)
+             row_offset: int = 0, # added to the row numbers of problems (the position of the first row in a larger file)
             ) -> Scored:
     "Check `data` against the signature and predict; probabilities too for classifiers."
-    X = self.frame(data, strict)
+    X = self.frame(data, strict, row_offset)
     predictions, proba = _outputs(self.model, X, self.proba)
     return Scored(X, predictions, proba, self.classes if self.proba else None, [p for p in X.attrs.get("problems", []) if p["severity"] == "warning"])
 
@@ -238,18 +127,46 @@ class _Entry:
     scored: Scored
     first_row: int = 0
 
+def _to_arrow(df: pd.DataFrame):
+    "An Arrow table of `df`, converted in this thread (pyarrow's thread pool costs more than it saves here, next to a server)."
+    import pyarrow as pa
+    return pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+
+def _repeated(values: list, sizes: np.ndarray):
+    "One text per batch, repeated over the batch's rows, built by Arrow (not one Python string per row)."
+    import pyarrow as pa
+    which = pa.array(np.repeat(np.arange(len(values), dtype=np.int32), sizes))
+    return pa.DictionaryArray.from_arrays(which, pa.array(values, pa.large_string())).cast(pa.large_string())
+
+def _outputs_arrow(entries: list[_Entry]) -> dict:
+    "`prediction` and the `proba_<class>` columns of scored batches, as Arrow arrays."
+    import pyarrow as pa
+    first = entries[0].scored
+    out = {"prediction": pa.Array.from_pandas(pd.Series(np.concatenate([e.scored.predictions for e in entries])))}
+    if first.probabilities is not None:
+        proba = np.concatenate([e.scored.probabilities for e in entries])
+        out |= {f"proba_{c}": pa.array(proba[:, i]) for i, c in enumerate(first.classes)}
+    return out
+
+def _log_table(entries: list[_Entry]):
+    "The log rows of scored batches of one model version, as an Arrow table built column by column."
+    import pyarrow as pa
+    sizes = np.array([len(e.scored) for e in entries], dtype=np.int64)
+    times = pd.DatetimeIndex([e.time for e in entries]).as_unit("us").tz_convert("UTC").asi8
+    cols = {"request_id": _repeated([e.request_id for e in entries], sizes),
+            "row": pa.array(np.concatenate([np.arange(e.first_row, e.first_row + n, dtype="int64") for e, n in zip(entries, sizes)])),
+            "time": pa.array(np.repeat(times, sizes), pa.timestamp("us", tz="UTC")),
+            "version": pa.array(np.repeat(np.array([e.version for e in entries], dtype="int64"), sizes)),
+            "source": _repeated([e.source for e in entries], sizes)}
+    inputs = pd.concat([e.scored.inputs for e in entries], ignore_index=True) if len(entries) > 1 else entries[0].scored.inputs
+    inputs = _to_arrow(inputs)
+    for name, col in zip(inputs.column_names, inputs.columns):  # categories as plain values, so files with different category lists concatenate
+        cols[_input_name(str(name))] = col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+    return pa.table(cols | _outputs_arrow(entries))
+
 def _log_frame(entries: list[_Entry]) -> pd.DataFrame:
-    "The log rows of scored batches of one model version, built column by column."
-    sizes = [len(e.scored) for e in entries]
-    meta = pd.DataFrame({"request_id": pd.Series(np.repeat([e.request_id for e in entries], sizes), dtype="str"),
-                         "row": np.concatenate([np.arange(e.first_row, e.first_row + n, dtype="int64") for e, n in zip(entries, sizes)]),
-                         "time": pd.Series(np.repeat(pd.DatetimeIndex([e.time for e in entries]).as_unit("us"), sizes)),
-                         "version": np.repeat(np.array([e.version for e in entries], dtype="int64"), sizes),
-                         "source": pd.Series(np.repeat([e.source for e in entries], sizes), dtype="str")})
-    inputs = pd.concat([e.scored.inputs for e in entries], ignore_index=True) if len(entries) > 1 else entries[0].scored.inputs.reset_index(drop=True)
-    inputs = pd.DataFrame({_input_name(str(c)): _plain(inputs[c]) for c in inputs.columns}, index=meta.index)
-    outputs = pd.concat([e.scored.outputs() for e in entries], ignore_index=True) if len(entries) > 1 else entries[0].scored.outputs().reset_index(drop=True)
-    return pd.concat([meta, inputs, outputs], axis=1)
+    "The log rows of scored batches of one model version, as a frame."
+    return _log_table(entries).to_pandas()
 
 def log_rows(scored: Scored, # the scored batch
              request_id: str, # the request (or batch job) id
@@ -285,10 +202,6 @@ def _write_parquet(table, path: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-def _to_arrow(df: pd.DataFrame):
-    import pyarrow as pa
-    return pa.Table.from_pandas(df, preserve_index=False)
 
 # %% ../nbs/43_predictions.ipynb #dd0ef7a8
 class PredictionLog:
@@ -354,6 +267,7 @@ def _run(self: PredictionLog) -> None:
 
 def _write(self: PredictionLog, batch: list[_Entry]) -> None:
     "Write one file per model and day; a failure is logged and counted, never raised into a request."
+    import pyarrow as pa
     groups: dict[tuple[str, date], list[_Entry]] = {}
     for e in batch: groups.setdefault((e.model, e.time.date()), []).append(e)
     for (model, day), entries in groups.items():
@@ -361,8 +275,9 @@ def _write(self: PredictionLog, batch: list[_Entry]) -> None:
         try:
             by_version: dict[int, list[_Entry]] = {}
             for e in entries: by_version.setdefault(e.version, []).append(e)
-            frame = pd.concat([_log_frame(v) for v in by_version.values()], ignore_index=True)
-            _write_parquet(_to_arrow(frame), _partition(self.root, model, day)/_file_name(entries[0].time))
+            tables = [_log_table(v) for v in by_version.values()]
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+            _write_parquet(table, _partition(self.root, model, day)/_file_name(entries[0].time))
             self.stats["rows_written"] += n; self.stats["files_written"] += 1
         except Exception:
             self.stats["write_errors"] += 1; self.stats["rows_dropped"] += n
@@ -585,24 +500,20 @@ def _rows_in_file(path: Path) -> int | None:
     except Exception: return None
 
 # %% ../nbs/43_predictions.ipynb #44b61e75
-_ROWS_TEXT = re.compile(r"\(rows ([0-9, ]+)(, \.\.\.)?\)")
-
-def _in_file(e: SignatureError, offset: int, path: Path) -> SignatureError:
-    "A chunk's signature error with row numbers counted in the whole file."
-    shift = lambda m: "(rows " + ", ".join(str(int(r) + offset) for r in m.group(1).split(", ")) + (m.group(2) or "") + ")"
-    problems = [{**p, "rows": [r + offset for r in p.get("rows", [])], "message": _ROWS_TEXT.sub(shift, p["message"])} for p in e.problems]
-    errors = [p for p in problems if p["severity"] == "error"]
+def _in_file(e: SignatureError, path: Path) -> SignatureError:
+    "A chunk's signature error (rows already counted in the whole file) naming the file."
+    errors = [p for p in e.problems if p["severity"] == "error"]
     shown = "; ".join(p["message"] for p in errors[:10]) + (f"; and {len(errors) - 10} more (see .problems)" if len(errors) > 10 else "")
     return SignatureError(f"{path.name} does not match the model's signature (rows counted from 0, header excluded), {len(errors)} error(s): {shown}; "
-                          "nothing was written", problems)
+                          "nothing was written", e.problems)
 
 class _Appender:
-    "Appends frames to a CSV or Parquet file (the first frame's Parquet schema holds for the rest)."
+    "Appends frames (or Arrow tables) to a CSV or Parquet file (the first one's Parquet schema holds for the rest)."
     def __init__(self, path: Path, fmt: str): self.path, self.fmt, self.writer = path, fmt, None
-    def write(self, df: pd.DataFrame) -> None:
+    def write(self, df) -> None:  # a DataFrame, or an Arrow table for Parquet
         if self.fmt == "csv": df.to_csv(self.path, mode="a", header=self.writer is None, index=False); self.writer = True; return
         import pyarrow.parquet as pq
-        table = _to_arrow(df)
+        table = _to_arrow(df) if isinstance(df, pd.DataFrame) else df
         if self.writer is None: self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table.cast(self.writer.schema) if table.schema != self.writer.schema else table)
     def close(self) -> None:
@@ -631,10 +542,10 @@ def _score_chunks(p: Predictor, chunks, inp: Path, passthrough: list[str], outs:
         if chunk.empty: continue  # a header without rows
         missing = [c for c in passthrough if c not in chunk.columns]
         if missing: raise DataError(f"passthrough columns {missing} are not in {inp.name}; its columns: {[str(c) for c in chunk.columns][:20]}")
-        try: scored = p.predict(chunk.drop(columns=passthrough))
-        except SignatureError as e: raise _in_file(e, n, inp) from None
+        try: scored = p.predict(chunk.drop(columns=passthrough), row_offset=n)
+        except SignatureError as e: raise _in_file(e, inp) from None
         outs.write(pd.concat([chunk[passthrough].reset_index(drop=True), scored.frame().reset_index(drop=True)], axis=1))
-        if logs is not None: logs.write(log_rows(scored, job, p.version, pd.Timestamp.now(tz="UTC"), "batch", first_row=n))
+        if logs is not None: logs.write(_log_table([_Entry("", p.version, job, pd.Timestamp.now(tz="UTC"), "batch", scored, n)]))
         warned |= {(w["kind"], w["column"]) for w in scored.warnings}
         n += len(chunk); bar.update(len(chunk))
     return n, warned

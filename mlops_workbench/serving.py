@@ -5,12 +5,14 @@
 # %% ../nbs/42_serving.ipynb #b7790af7
 from __future__ import annotations
 import hmac, json, logging, math, os, random, re, threading, time
+
 from bisect import bisect_left
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,8 +26,8 @@ from .predictions import PredictionLog, Predictor, Scored
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Rejected', 'parse_body', 'to_frame', 'Metrics', 'LiveModel', 'request_id', 'resolve_token', 'answer',
-           'create_app', 'serve']
+__all__ = ['log', 'ARROW_STREAM', 'Rejected', 'parse_body', 'to_frame', 'read_arrow', 'Metrics', 'LiveModel', 'request_id',
+           'resolve_token', 'answer', 'wants_arrow', 'arrow_answer', 'create_app', 'serve']
 
 # %% ../nbs/42_serving.ipynb #5f39d2cc
 class Rejected(Exception):
@@ -73,9 +75,13 @@ def _content_type_ok(content_type: str | None) -> bool:
     media = content_type.split(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
-def _check_content_type(content_type: str | None) -> None:
-    if not _content_type_ok(content_type):
-        raise _reject(415, "unsupported_media_type", f"Content-Type {content_type!r} is not JSON; send the body as application/json")
+def _media(content_type: str | None) -> str: return content_type.split(";")[0].strip().lower() if content_type else ""
+
+def _check_content_type(content_type: str | None, arrow: bool = False) -> None:
+    "JSON (or, with `arrow`, an Arrow IPC stream); anything else is refused with 415."
+    if _content_type_ok(content_type) or (arrow and _media(content_type) == "application/vnd.apache.arrow.stream"): return
+    also = " or an Arrow IPC stream as application/vnd.apache.arrow.stream" if arrow else ""
+    raise _reject(415, "unsupported_media_type", f"Content-Type {content_type!r} is not JSON; send the body as application/json{also}")
 
 def parse_body(body: bytes, # the raw request body
                content_type: str | None = None, # its Content-Type header
@@ -89,6 +95,8 @@ def parse_body(body: bytes, # the raw request body
     if not body.strip(): raise _reject(400, "invalid_json", "the body is empty; send JSON rows, e.g. [{\"column\": value, ...}]")
     if body.count(b"[") + body.count(b"{") > max_depth and (depth := _json_depth(body)) > max_depth:
         raise _reject(400, "too_deep", f"the JSON nests {depth} levels deep, more than the limit of {max_depth}; rows are flat objects or arrays")
+    try: return orjson.loads(body)
+    except orjson.JSONDecodeError: pass  # the standard library says what is wrong, in its own words
     try: return json.loads(body, parse_constant=_no_constant)
     except json.JSONDecodeError as e: raise _reject(400, "invalid_json", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e: raise _reject(400, "invalid_json", f"the body is not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -131,6 +139,21 @@ def _check_split(obj: dict) -> list[dict]:
     return out
 
 # %% ../nbs/42_serving.ipynb #a83b46fc
+def _numbers_only(body: bytes, columns: list) -> bool:
+    "Whether every cell of a split body's data is a JSON number: the only quotes and letters u, l are the keys' and the names'."
+    names = "".join(columns) + "columnsdata"
+    return (body.count(b'"') == 2 * (len(columns) + 2) and body.count(b"u") == names.count("u")
+            and body.count(b"l") == names.count("l"))
+
+_EXACT = 2.0 ** 53  # every integer below this is exactly a float
+
+def _number_block(rows: dict) -> pd.DataFrame | None:
+    "The split data as one float block, or None when it is not a plain table of numbers small enough to stay exact."
+    try: a = np.array(rows["data"], dtype=np.float64)
+    except (TypeError, ValueError): return None
+    if a.shape != (len(rows["data"]), len(rows["columns"])) or not (np.abs(a) < _EXACT).all(): return None
+    return pd.DataFrame(a, columns=rows["columns"], copy=False)
+
 def _frame_of(kind: str, rows) -> pd.DataFrame:
     "A DataFrame with pandas' type inference; object columns (one per key) when inference fails on odd values."
     try:
@@ -167,6 +190,7 @@ def _value_problems(df: pd.DataFrame) -> list[dict]:
 # %% ../nbs/42_serving.ipynb #852cb4ad
 def to_frame(obj, # the parsed body
              max_rows: int = 100_000, # more rows are refused with 413
+             body: bytes | None = None, # the raw body, when known: a split body holding only numbers is read in one numpy call
             ) -> pd.DataFrame: # one row per record, pandas dtypes
     "Rows from a parsed request body; raises `Rejected` naming every problem of its shape."
     kind, rows = _rows_of(obj)
@@ -175,9 +199,64 @@ def to_frame(obj, # the parsed body
     if n > max_rows: raise _reject(413, "too_large", f"{n:,} rows is more than the limit of {max_rows:,} per request; split them over several requests")
     if problems: raise Rejected(422, problems[0]["message"] if len(problems) == 1 else f"{len(problems)} problems with the shape of the rows", problems)
     if n == 0: raise _reject(422, "bad_shape", "no rows: send at least one record")
-    df = _frame_of(kind, rows)
+    df = _number_block(rows) if kind == "split" and body is not None and _numbers_only(body, rows["columns"]) else None
+    if df is None: df = _frame_of(kind, rows)
     if problems := _value_problems(df): raise Rejected(422, f"{len(problems)} column(s) hold values no model input can hold", problems)
     return df
+
+# %% ../nbs/42_serving.ipynb #67a205b8
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+def _arrow_error(e: Exception) -> Rejected:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return _reject(400, "invalid_arrow", f"the body is not an Arrow IPC stream ({first}); write it with pyarrow.ipc.new_stream "
+                   "(an Arrow file, pyarrow.ipc.new_file, is not a stream)")
+
+def _arrow_batches(body: bytes, max_rows: int):
+    "The table in an Arrow IPC stream, read batch by batch so that too many rows are refused early."
+    import pyarrow as pa
+    try:
+        reader = pa.ipc.open_stream(body)
+        batches, n = [], 0
+        for batch in reader:
+            n += batch.num_rows
+            if n > max_rows: raise _reject(413, "too_large", f"more than {max_rows:,} rows, the limit per request; split them over several requests")
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, reader.schema)
+        table.validate(full=True)  # offsets and lengths within the buffers the client sent
+        return table
+    except (pa.ArrowException, ValueError, OSError) as e: raise _arrow_error(e) from None
+
+# %% ../nbs/42_serving.ipynb #95110b61
+def _arrow_problems(table) -> list[dict]:
+    "Column names that repeat, and columns whose cells are not single values."
+    import pyarrow as pa
+    names, out = table.column_names, []
+    if dup := sorted({c for c in names if names.count(c) > 1}): out += _shape(f"columns {dup[:5]} appear more than once")
+    for c, t in zip(names, table.schema.types):
+        value = t.value_type if pa.types.is_dictionary(t) else t
+        if pa.types.is_nested(value):
+            out.append(_problem("wrong_type", f"column {c!r} has Arrow type {t}: its cells are not single values; send one number, "
+                                "text, boolean or timestamp per row", c))
+    return out
+
+def _plain_arrow(table):
+    "Decimals as floats (what the model takes), everything else as it is."
+    import pyarrow as pa
+    for i, t in enumerate(table.schema.types):
+        if pa.types.is_decimal(t): table = table.set_column(i, table.column_names[i], table.column(i).cast(pa.float64()))
+    return table
+
+def read_arrow(body: bytes, # an Arrow IPC stream
+               max_rows: int = 100_000, # more rows are refused with 413
+              ) -> pd.DataFrame: # one column per Arrow column, pandas dtypes
+    "Rows from an Arrow IPC stream body; raises `Rejected` naming every problem of its shape."
+    if not body: raise _reject(400, "invalid_arrow", "the body is empty; send an Arrow IPC stream (pyarrow.ipc.new_stream)")
+    table = _arrow_batches(body, max_rows)
+    if problems := _arrow_problems(table):
+        raise Rejected(422, problems[0]["message"] if len(problems) == 1 else f"{len(problems)} problems with the columns", problems)
+    if table.num_rows == 0: raise _reject(422, "bad_shape", "no rows: send at least one row")
+    return _plain_arrow(table).to_pandas(ignore_metadata=True)  # the client's pandas metadata (index, dtypes) is not trusted
 
 # %% ../nbs/42_serving.ipynb #e43de56e
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -335,9 +414,46 @@ def answer(predictor: Predictor, # what predicted
     out["warnings"] = scored.warnings
     return out
 
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME  # timestamps through `_json_default`, as text
+
 def _dumps(body: dict) -> bytes:
+    "JSON bytes; orjson writes NaN and infinities as null. The standard library takes what orjson cannot (integers beyond 64 bits, lone surrogates)."
+    try: return orjson.dumps(body, default=_json_default, option=_ORJSON)
+    except TypeError: pass
     try: return json.dumps(body, default=_json_default, allow_nan=False).encode()
     except ValueError: return json.dumps(_finite(body), default=_json_default).encode()
+
+# %% ../nbs/42_serving.ipynb #8c82ac35
+def _accepts(accept: str | None) -> dict[str, float]:
+    "The media types of an Accept header with their quality (1 when not given)."
+    out = {}
+    for part in (accept or "").split(","):
+        media, *params = [x.strip() for x in part.split(";")]
+        q = next((p[2:] for p in params if p.lower().startswith("q=")), "1")
+        try: out[media.lower()] = float(q)
+        except ValueError: out[media.lower()] = 0.0
+    return out
+
+def wants_arrow(accept: str | None, # the Accept header of the request
+               ) -> bool: # whether the client prefers an Arrow stream to JSON
+    "Arrow when the Accept header names the Arrow stream with a quality at least that of JSON; JSON otherwise."
+    q = _accepts(accept)
+    arrow = q.get(ARROW_STREAM, 0.0)
+    return arrow > 0 and arrow >= max(q.get("application/json", 0.0), q.get("application/*", 0.0), q.get("*/*", 0.0))
+
+def arrow_answer(predictor: Predictor, # what predicted
+                 rid: str, # the request id
+                 scored: Scored, # the rows and what was predicted
+                ) -> bytes: # an Arrow IPC stream
+    "The answer of a successful prediction as an Arrow stream: predictions and probabilities, the rest in the schema metadata."
+    import pyarrow as pa
+    cols = {"prediction": pa.array(scored.predictions)}
+    if scored.probabilities is not None: cols |= {f"proba_{c}": pa.array(scored.probabilities[:, i]) for i, c in enumerate(scored.classes)}
+    meta = {"mlwb.model": predictor.name, "mlwb.version": str(predictor.version), "mlwb.request_id": rid, "mlwb.warnings": _dumps(scored.warnings)}
+    table = pa.table(cols).replace_schema_metadata(meta)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w: w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 # %% ../nbs/42_serving.ipynb #22243981
 class _Limits:
@@ -356,14 +472,34 @@ async def _read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-def _score(predictor: Predictor, body: bytes, content_type: str | None, rid: str, limits: _Limits, plog: PredictionLog | None) -> tuple[bytes, int]:
-    "Parse, check, predict, log: the JSON answer and the number of rows."
+_FEW = 64  # up to this many records of plain values go to the signature as they are
+
+def _plain(v) -> bool:
+    "A JSON value any input kind could take: text, a boolean, null, a 64-bit integer or a finite float."
+    t = type(v)
+    return t is str or t is bool or v is None or (t is int and _INT64[0] <= v <= _INT64[1]) or (t is float and math.isfinite(v))
+
+def _few_records(obj, max_rows: int) -> list | None:
+    "A few records of plain values, or None (the body then goes through `to_frame`)."
+    if isinstance(obj, dict): obj = obj["records"] if obj.keys() == {"records"} else [obj] if obj and all(map(_is_scalar, obj.values())) else None
+    if not isinstance(obj, list) or not 0 < len(obj) <= min(_FEW, max_rows): return None
+    return obj if all(type(r) is dict and all(map(_plain, r.values())) for r in obj) else None
+
+def _rows(body: bytes, content_type: str | None, limits: _Limits) -> pd.DataFrame | list:
+    "The rows of a body: a frame (Arrow, or JSON through `to_frame`), or a few plain records the signature checks value by value."
+    if _media(content_type) == ARROW_STREAM: return read_arrow(body, limits.max_rows)
     obj = parse_body(body, content_type, limits.max_body_bytes, limits.max_depth)
-    df = to_frame(obj, limits.max_rows)
+    if (few := _few_records(obj, limits.max_rows)) is not None: return few
+    return to_frame(obj, limits.max_rows, body)
+
+def _score(predictor: Predictor, body: bytes, content_type: str | None, rid: str, limits: _Limits, plog: PredictionLog | None,
+           arrow: bool = False) -> tuple[bytes, int]:
+    "Parse, check, predict, log: the answer (JSON, or an Arrow stream with `arrow`) and the number of rows."
+    df = _rows(body, content_type, limits)
     try: scored = predictor.predict(df)
     except SignatureError as e: raise Rejected(422, str(e), e.problems) from None
     if plog is not None: plog.append(predictor.name, predictor.version, rid, scored, time=pd.Timestamp.now(tz="UTC"))
-    return _dumps(answer(predictor, rid, scored)), len(scored)
+    return arrow_answer(predictor, rid, scored) if arrow else _dumps(answer(predictor, rid, scored)), len(scored)
 
 # %% ../nbs/42_serving.ipynb #9e30c59b
 _ROUTES = {"/predict", "/health", "/metadata", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
@@ -416,18 +552,21 @@ def _predict_docs(p: Predictor) -> dict:
                         {"type": "object", "title": "split", "required": ["columns", "data"],
                          "properties": {"columns": {"type": "array", "items": {"type": "string"}}, "data": {"type": "array", "items": {"type": "array"}}}}]}
     examples = {"records": {"value": [example]}, "split": {"value": {"columns": list(example), "data": [list(example.values())]}}}
-    return {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}}
+    arrow = {"schema": {"type": "string", "format": "binary", "description": "An Arrow IPC stream with one column per input: " + ", ".join(sig.columns)}}
+    return {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}, ARROW_STREAM: arrow}}
 
 _ERROR_DOC = {"content": {"application/json": {"example": {"error": "input does not match the model's signature, 1 error(s): column 'age' is missing",
               "problems": [{"column": "age", "kind": "missing_column", "severity": "error", "message": "column 'age' is missing", "rows": []}],
               "request_id": "3f2c..."}}}}
-_RESPONSES = {200: {"description": "One prediction per row; class probabilities for classifiers; warnings such as values outside the training range.",
+_RESPONSES = {200: {"description": "One prediction per row; class probabilities for classifiers; warnings such as values outside the training range. "
+                                   f"An Arrow stream (columns prediction, proba_<class>) with `Accept: {ARROW_STREAM}`.",
                     "content": {"application/json": {"example": {"model": "churn", "version": 3, "request_id": "3f2c...", "predictions": [1],
-                                                                 "probabilities": [{"0": 0.2, "1": 0.8}], "warnings": []}}}},
-              400: {"description": "Invalid JSON, NaN or Infinity, nesting too deep.", **_ERROR_DOC},
+                                                                 "probabilities": [{"0": 0.2, "1": 0.8}], "warnings": []}},
+                                ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}}},
+              400: {"description": "Invalid JSON, NaN or Infinity, nesting too deep; a body that is not an Arrow stream.", **_ERROR_DOC},
               401: {"description": "Missing or wrong bearer token (when the server has one).", **_ERROR_DOC},
               413: {"description": "Body or number of rows over the limit.", **_ERROR_DOC},
-              415: {"description": "Content-Type that is not JSON.", **_ERROR_DOC},
+              415: {"description": "Content-Type that is neither JSON nor an Arrow stream.", **_ERROR_DOC},
               422: {"description": "Rows that do not fit the model's signature; `problems` names every one.", **_ERROR_DOC},
               500: {"description": "A bug of the server (logged with the request id).", **_ERROR_DOC}}
 
@@ -456,17 +595,18 @@ def _routes(app: FastAPI, live: LiveModel, plog: PredictionLog | None, metrics: 
 
     @app.post("/predict", summary="Predict rows", responses=_RESPONSES, response_class=Response)
     async def predict(request: Request) -> Response:
-        "Predictions for rows sent as records or in the split orient; every problem of a bad request is named."
+        "Predictions for rows sent as JSON records, in the split orient, or as an Arrow stream; every problem of a bad request is named."
         rid = request_id(request.headers.get("x-request-id"))
         headers = {"x-request-id": rid}
         try:
             ctype = request.headers.get("content-type")
-            _check_content_type(ctype)  # before reading a body that will be refused anyway
+            _check_content_type(ctype, arrow=True)  # before reading a body that will be refused anyway
             body, p = await _read_body(request, limits.max_body_bytes), live.predictor
-            args = (p, body, ctype, rid, limits, plog)
+            arrow = wants_arrow(request.headers.get("accept"))
+            args = (p, body, ctype, rid, limits, plog, arrow)
             content, n = await run_in_threadpool(_score, *args) if len(body) > 65_536 else _score(*args)
             metrics.rows += n
-            return Response(content, media_type="application/json", headers=headers)
+            return Response(content, media_type=ARROW_STREAM if arrow else "application/json", headers=headers)
         except Rejected as e:
             metrics.rejected(e.problems)
             return JSONResponse(e.body(rid), e.status, headers=headers)
@@ -532,7 +672,7 @@ def create_app(ref: str, # the model to serve: "name@alias", "name/3" or "name" 
     p = live.predictor
     app = FastAPI(title=f"{p.name} prediction server", version=__version__, lifespan=lifespan,
                   description=f"Serves `{ref}` (now version {p.version}) from the mlops_workbench registry. "
-                              "Send rows to `POST /predict` as records or in the split orient; every problem of a bad request is named in a 4xx answer.")
+                              "Send rows to `POST /predict` as JSON records, in the split orient, or as an Arrow IPC stream; every problem of a bad request is named in a 4xx answer.")
     app.state.live, app.state.metrics, app.state.prediction_log, app.state.docs_version = live, metrics, plog, None
     _routes(app, live, plog, metrics, _Limits(max_body_bytes, max_rows, max_depth))
     _error_handlers(app, metrics)

@@ -186,7 +186,7 @@ def parse_input(data, # DataFrame, list of records, {"records": [...]}, {"column
 # %% ../nbs/40_signature.ipynb #4f8fcadd
 def _is_bool(v) -> bool: return isinstance(v, (bool, np.bool_))
 
-def _bad_rows(mask) -> list[int]: return list(np.flatnonzero(np.asarray(mask, dtype=bool)))
+def _bad_rows(mask, offset: int = 0) -> list[int]: return (np.flatnonzero(np.asarray(mask, dtype=bool)) + offset).tolist()
 
 def _example(raw: pd.Series, mask) -> str:
     v = raw[np.asarray(mask, dtype=bool)].iloc[0]
@@ -203,8 +203,11 @@ def _to_numbers(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return num.where(~bad), bad
 
 def _number(v) -> float:
+    "A value as a float: NaN when it is not a number, infinite when it is beyond the float range."
     if v is None or _is_bool(v): return np.nan
-    if isinstance(v, numbers.Real): return float(v)
+    if isinstance(v, numbers.Real):
+        try: return float(v)
+        except OverflowError: return math.inf if v > 0 else -math.inf  # an integer too large for a float
     if isinstance(v, str):
         try: return float(v.strip())
         except ValueError: return np.nan
@@ -267,28 +270,47 @@ def _read_values(raw: pd.Series, spec: dict) -> tuple[pd.Series, np.ndarray, str
     if kind == "datetime": return (*_to_datetimes(raw, spec["dtype"]), "dates or times (ISO 8601)")
     return raw.astype(object), np.zeros(len(raw), bool), "values"
 
-def _value_problems(name: str, raw: pd.Series, values: pd.Series, bad: np.ndarray, expected: str, spec: dict) -> list[dict]:
-    out = []
-    if bad.any():
-        out.append(_problem(name, "wrong_type", f"column {name!r}: {int(bad.sum())} value(s) are not {expected}, e.g. "
-                            f"{_example(raw, bad)} (rows {_rows_text(bad)}); send {expected} for {name!r} (training dtype {spec['dtype']})",
-                            _bad_rows(bad)))
-    if spec["kind"] == "integer":
-        frac = (values.notna() & (values != values.round())).to_numpy() & ~bad
-        if frac.any(): out.append(_problem(name, "wrong_type", f"column {name!r}: {int(frac.sum())} value(s) are not whole numbers, "
-                                           f"e.g. {_example(raw, frac)} (rows {_rows_text(frac)}); the model was trained on integers", _bad_rows(frac)))
-    nulls = (values.isna().to_numpy() & ~bad)
-    if nulls.any() and not spec["nullable"]:
-        out.append(_problem(name, "null_not_allowed", f"column {name!r}: {int(nulls.sum())} missing value(s) (rows {_rows_text(nulls)}); "
-                            f"the training data had none, so the model may not handle them: send a value", _bad_rows(nulls)))
-    return out
+_INT64_LIMIT = 2.0 ** 63
 
-def _rows_text(mask) -> str:
-    rows = _bad_rows(mask)
-    return ", ".join(map(str, rows[:_ROW_LIMIT])) + (", ..." if len(rows) > _ROW_LIMIT else "")
+def _unusable_numbers(values: pd.Series, bad: np.ndarray, spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    "Masks of the infinite numbers, and of the whole numbers beyond 64 bits in an integer column."
+    none = np.zeros(len(values), bool)
+    if spec["kind"] not in ("integer", "numeric") or values.dtype.kind in "iub": return none, none
+    a = values.to_numpy(dtype="float64", na_value=np.nan)
+    inf = np.isinf(a) & ~bad
+    return inf, ((np.abs(a) >= _INT64_LIMIT) & ~inf & ~bad) if spec["kind"] == "integer" else none
 
 # %% ../nbs/40_signature.ipynb #892a154c
-def _category_problems(name: str, raw: pd.Series, values: pd.Series, spec: dict, severity: str) -> list[dict]:
+def _rows_text(mask, offset: int = 0) -> str:
+    rows = _bad_rows(mask, offset)
+    return ", ".join(map(str, rows[:_ROW_LIMIT])) + (", ..." if len(rows) > _ROW_LIMIT else "")
+
+def _mask_problem(name: str, kind: str, raw: pd.Series, mask: np.ndarray, what: str, fix: str, offset: int) -> dict:
+    "One problem with the values of `mask`: how many, an example, the rows, and the fix."
+    return _problem(name, kind, f"column {name!r}: {int(mask.sum())} value(s) {what}, e.g. {_example(raw, mask)} "
+                    f"(rows {_rows_text(mask, offset)}); {fix}", _bad_rows(mask, offset))
+
+def _value_problems(name: str, raw: pd.Series, values: pd.Series, bad: np.ndarray, expected: str, spec: dict,
+                    offset: int = 0) -> tuple[list[dict], np.ndarray]:
+    "Values that cannot be model inputs, and the mask of every one of them."
+    out, (inf, huge) = [], _unusable_numbers(values, bad, spec)
+    if bad.any(): out.append(_mask_problem(name, "wrong_type", raw, bad, f"are not {expected}",
+                                           f"send {expected} for {name!r} (training dtype {spec['dtype']})", offset))
+    if inf.any(): out.append(_mask_problem(name, "wrong_type", raw, inf, "are infinite or beyond the float range", "send finite numbers", offset))
+    if huge.any(): out.append(_mask_problem(name, "wrong_type", raw, huge, "are an integer beyond 64 bits",
+                                            "the model was trained on 64-bit integers", offset))
+    unusable = bad | inf | huge
+    if spec["kind"] == "integer":
+        frac = (values.notna() & (values != values.round())).to_numpy() & ~unusable
+        if frac.any(): out.append(_mask_problem(name, "wrong_type", raw, frac, "are not whole numbers", "the model was trained on integers", offset))
+    nulls = values.isna().to_numpy() & ~bad
+    if nulls.any() and not spec["nullable"]:
+        out.append(_problem(name, "null_not_allowed", f"column {name!r}: {int(nulls.sum())} missing value(s) (rows {_rows_text(nulls, offset)}); "
+                            f"the training data had none, so the model may not handle them: send a value", _bad_rows(nulls, offset)))
+    return out, unusable
+
+# %% ../nbs/40_signature.ipynb #8fa74d75
+def _category_problems(name: str, raw: pd.Series, values: pd.Series, spec: dict, severity: str, offset: int = 0) -> list[dict]:
     cats = spec.get("categories")
     if spec["kind"] != "categorical" or cats is None: return []
     known = set(cats)
@@ -296,9 +318,9 @@ def _category_problems(name: str, raw: pd.Series, values: pd.Series, spec: dict,
     if not unseen.any(): return []
     shown = ", ".join(map(repr, cats[:10])) + (", ..." if len(cats) > 10 else "")
     return [_problem(name, "unseen_category", f"column {name!r}: {int(unseen.sum())} value(s) never seen in training, e.g. "
-                     f"{_example(raw, unseen)} (rows {_rows_text(unseen)}); known values: {shown}", _bad_rows(unseen), severity)]
+                     f"{_example(raw, unseen)} (rows {_rows_text(unseen, offset)}); known values: {shown}", _bad_rows(unseen, offset), severity)]
 
-def _range_problems(name: str, values: pd.Series, spec: dict) -> list[dict]:
+def _range_problems(name: str, values: pd.Series, spec: dict, offset: int = 0) -> list[dict]:
     lo, hi = spec.get("min"), spec.get("max")
     if spec["kind"] not in ("integer", "numeric", "datetime") or lo is None or values.notna().sum() == 0: return []
     if spec["kind"] == "datetime":
@@ -307,7 +329,7 @@ def _range_problems(name: str, values: pd.Series, spec: dict) -> list[dict]:
     out = ((values < lo) | (values > hi)).fillna(False).to_numpy(dtype=bool)
     if not out.any(): return []
     return [_problem(name, "out_of_range", f"column {name!r}: {int(out.sum())} value(s) outside the training range "
-                     f"[{_py(lo)}, {_py(hi)}] (rows {_rows_text(out)}); the model extrapolates there", _bad_rows(out))]
+                     f"[{_py(lo)}, {_py(hi)}] (rows {_rows_text(out, offset)}); the model extrapolates there", _bad_rows(out, offset))]
 
 def _as_dtype(values: pd.Series, spec: dict) -> pd.Series:
     "The converted values in the training dtype (categories and their order restored)."
@@ -316,18 +338,147 @@ def _as_dtype(values: pd.Series, spec: dict) -> pd.Series:
     if spec["kind"] == "other": return values
     return values.astype(spec["dtype"])
 
-def _convert(name: str, raw: pd.Series, spec: dict, unseen: str) -> tuple[pd.Series | None, list[dict]]:
-    "One column converted to its training dtype, and its problems."
+def _convert(name: str, raw: pd.Series, spec: dict, unseen: str, offset: int = 0) -> tuple[pd.Series | None, list[dict]]:
+    "One column converted to its training dtype, and its problems (rows counted from `offset`)."
     if str(raw.dtype) == spec["dtype"] and spec["kind"] != "categorical": values, bad, expected = raw, np.zeros(len(raw), bool), ""
     else: values, bad, expected = _read_values(raw, spec)
-    problems = _value_problems(name, raw, values, bad, expected, spec)
-    problems += _category_problems(name, raw, values.where(~bad), spec, unseen)
-    problems += _range_problems(name, values.where(~bad), spec)
+    problems, unusable = _value_problems(name, raw, values, bad, expected, spec, offset)
+    problems += _category_problems(name, raw, values.where(~unusable), spec, unseen, offset)
+    problems += _range_problems(name, values.where(~unusable), spec, offset)
     if any(p["severity"] == "error" for p in problems): return None, problems
     return _as_dtype(values, spec), problems
 
 # %% ../nbs/40_signature.ipynb #3c10e12b
-def _column_problems(self: Signature, df: pd.DataFrame) -> list[dict]:
+_FAST_KINDS = ("integer", "numeric", "boolean", "categorical")
+
+def _text_categories(spec: dict) -> bool:
+    "Whether a categorical input is plain text the fast check can judge (text categories, a text dtype)."
+    cats = spec.get("categories")
+    return spec["dtype"] in ("str", "string", "category") and (cats is None or all(isinstance(c, str) for c in cats))
+
+def _dtype_of(spec: dict):
+    if spec["dtype"] == "category": return pd.CategoricalDtype(spec["categories"], ordered=spec.get("ordered", False))
+    return pd.api.types.pandas_dtype(spec["dtype"])
+
+def _text_dtype(t) -> bool:
+    "A column dtype that can only hold text (and missing values)."
+    if isinstance(t, pd.CategoricalDtype): return _text_dtype(t.categories.dtype)
+    return pd.api.types.is_string_dtype(t) and t != object
+
+# %% ../nbs/40_signature.ipynb #0734853a
+class _FastFrame:
+    "The frame the column-by-column check builds, for plainly clean input; `None` whenever anything needs a closer look."
+    def __init__(self, sig: Signature):
+        self.columns, spec = list(sig.columns), sig.inputs
+        self.column_set = set(self.columns)
+        self.ok = all(spec[c]["kind"] in _FAST_KINDS and (spec[c]["kind"] != "categorical" or _text_categories(spec[c])) for c in self.columns)
+        self.num = [c for c in self.columns if spec[c]["kind"] in ("integer", "numeric")]
+        bound = lambda c, k, default: default if spec[c].get(k) is None else float(spec[c][k])
+        self.whole = np.array([spec[c]["kind"] == "integer" for c in self.num], bool)
+        limit = np.where(self.whole, _INT64_LIMIT, np.inf)  # an integer column without a range still needs 64 bits
+        self.lo = np.maximum(np.array([bound(c, "min", -np.inf) for c in self.num]), -limit)
+        self.hi = np.minimum(np.array([bound(c, "max", np.inf) for c in self.num]), np.nextafter(limit, 0))
+        self.num_nullable = np.array([bool(spec[c]["nullable"]) for c in self.num], bool)
+        self.text = {c: (set(spec[c]["categories"]) if spec[c]["categories"] is not None else None, spec[c]["nullable"])
+                     for c in self.columns if spec[c]["kind"] == "categorical"}
+        self.bools = [c for c in self.columns if spec[c]["kind"] == "boolean"]
+        self.dtypes = {c: _dtype_of(spec[c]) for c in self.columns} if self.ok else {}
+        self.float_block = self.ok and self.num == self.columns and all(self.dtypes[c] == np.float64 for c in self.columns)
+        self.spec, self.rules = spec, ({c: _value_rule(spec[c]) for c in self.columns} if self.ok else {})
+        self.mixed = self.num != self.columns  # text or flags among the inputs: a small frame is cheaper to check as records
+
+# %% ../nbs/40_signature.ipynb #3b6bcef1
+def _numbers_clean(self: _FastFrame, df: pd.DataFrame, cols: list) -> np.ndarray | None:
+    "The numeric inputs as one float array when they are plainly clean (finite, in range, whole where needed), else None."
+    if not self.num: return np.empty((len(df), 0))
+    block = df if self.num == cols else df[self.num]
+    if any(t.kind not in "iuf" for t in block.dtypes): return None
+    a = block.to_numpy(dtype="float64", na_value=np.nan)
+    nan = np.isnan(a)
+    if (nan & ~self.num_nullable).any() or ((a < self.lo) | (a > self.hi) | np.isinf(a)).any(): return None
+    if self.whole.any() and (~nan[:, self.whole] & (a[:, self.whole] != np.round(a[:, self.whole]))).any(): return None
+    return a
+
+def _text_clean(self: _FastFrame, df: pd.DataFrame) -> bool:
+    for c, (cats, nullable) in self.text.items():
+        s = df[c]
+        if not _text_dtype(s.dtype): return False
+        if not nullable and s.isna().any(): return False
+        if cats is not None and not s.dropna().isin(cats).all(): return False
+    return all(df[c].dtype == bool for c in self.bools)
+
+def _fast_call(self: _FastFrame, df: pd.DataFrame) -> pd.DataFrame | None:
+    cols = df.columns.tolist()
+    if not self.ok or len(cols) != len(self.columns) or set(cols) != self.column_set: return None
+    a = self._numbers_clean(df, cols)
+    if a is None or not self._text_clean(df): return None
+    if self.float_block:  # every input a float: one block straight from the checked array
+        out = pd.DataFrame(a if cols == self.columns else df[self.columns].to_numpy(dtype="float64"), columns=self.columns, index=df.index)
+    else: out = df[self.columns].astype(self.dtypes)
+    out.attrs["problems"] = []
+    return out
+
+_FastFrame._numbers_clean, _FastFrame._text_clean, _FastFrame.__call__ = _numbers_clean, _text_clean, _fast_call
+
+# %% ../nbs/40_signature.ipynb #fdbace5a
+_SMALL = 64  # up to this many rows, records are checked value by value
+
+def _value_rule(spec: dict):
+    "Whether one value of this input is plainly clean, by the fast check's rules."
+    kind, nullable, cats = spec["kind"], bool(spec["nullable"]), spec.get("categories")
+    lo = -math.inf if spec.get("min") is None else float(spec["min"])
+    hi = math.inf if spec.get("max") is None else float(spec["max"])
+    if kind == "integer":
+        lo, hi = max(lo, -_INT64_LIMIT), min(hi, np.nextafter(_INT64_LIMIT, 0))
+        return lambda v: (type(v) is int or (type(v) is float and v.is_integer())) and lo <= v <= hi
+    if kind == "numeric":
+        lo, hi = max(lo, -np.finfo(float).max), min(hi, np.finfo(float).max)
+        return lambda v: ((type(v) is float or type(v) is int) and (lo <= v <= hi or (nullable and v != v))) or (nullable and v is None)
+    if kind == "boolean": return lambda v: type(v) is bool
+    known = set(cats) if cats is not None else None
+    return lambda v: (type(v) is str and (known is None or v in known)) or (nullable and (v is None or (type(v) is float and v != v)))
+
+def _column_of(values: list, spec: dict, dtype):
+    "Clean values of one input as an array in its training dtype."
+    if spec["kind"] == "numeric": return np.array([np.nan if v is None else v for v in values], dtype=dtype)
+    if isinstance(dtype, np.dtype): return np.array(values, dtype=dtype)
+    if isinstance(dtype, pd.CategoricalDtype): return pd.Categorical(values, dtype=dtype)
+    return pd.array(values, dtype=dtype)
+
+def _records(self: _FastFrame, rows: list, index=None) -> pd.DataFrame | None:
+    "The frame for a few plainly clean records (every record with exactly the inputs); `None` otherwise."
+    if not self.ok or not rows or len(rows) > _SMALL: return None
+    cols = {c: [] for c in self.columns}
+    for r in rows:
+        if type(r) is not dict or len(r) != len(self.columns): return None
+        for c, rule in self.rules.items():
+            v = r.get(c, _ABSENT)
+            if not rule(v): return None
+            cols[c].append(v)
+    if self.float_block:  # one float block, as the vectorized check builds it
+        block = np.array([[np.nan if v is None else v for v in cols[c]] for c in self.columns], np.float64).T
+        out = pd.DataFrame(block, columns=self.columns, index=index)
+    else: out = pd.DataFrame({c: _column_of(v, self.spec[c], self.dtypes[c]) for c, v in cols.items()}, index=index)
+    out.attrs["problems"] = []
+    return out
+
+_ABSENT = object()  # a key missing from a record: never clean
+_FastFrame.records = _records
+
+def _fast(self: Signature) -> _FastFrame:
+    "The fast check of this signature, prepared on first use."
+    fast = self.__dict__.get("_fast_frame")
+    if fast is None: fast = self.__dict__["_fast_frame"] = _FastFrame(self)
+    return fast
+
+def _getstate(self: Signature) -> dict:
+    "What pickling and copying keep: the fields, not the prepared fast check (rebuilt on first use)."
+    return {k: v for k, v in self.__dict__.items() if k != "_fast_frame"}
+
+Signature._fast, Signature.__getstate__ = property(_fast), _getstate
+
+# %% ../nbs/40_signature.ipynb #9cc51917
+def _column_problems(self: Signature, df: pd.DataFrame, strict: bool = False) -> list[dict]:
     sent = [c for c in df.columns]
     extra = [c for c in sent if c not in self.inputs]
     out = []
@@ -337,35 +488,52 @@ def _column_problems(self: Signature, df: pd.DataFrame) -> list[dict]:
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         out.append(_problem(c, "missing_column", f"column {c!r} is missing{hint}; the model needs {len(self.columns)} columns: "
                             + ", ".join(self.columns[:20]) + (", ..." if len(self.columns) > 20 else "")))
-    for c in extra: out.append(_problem(c, "unexpected_column", f"column {c!r} is not an input of the model and is ignored"))
+    for c in extra:
+        if strict: out.append(_problem(c, "unexpected_column", f"column {c!r} is not an input of the model; remove it", severity="error"))
+        else: out.append(_problem(c, "unexpected_column", f"column {c!r} is not an input of the model and is ignored"))
     return out
 
-def _convert_frame(self: Signature, data) -> tuple[pd.DataFrame | None, list[dict]]:
+def _slow_frame(self: Signature, data, row_offset: int = 0, strict: bool = False) -> tuple[pd.DataFrame | None, list[dict]]:
+    "The frame and every problem, column by column."
     raw, problems = parse_input(data)
-    if raw is None: return None, problems
-    problems = self._column_problems(raw)
+    if raw is None: return None, [{**p, "rows": [r + row_offset for r in p["rows"]]} for p in problems]
+    problems = self._column_problems(raw, strict)
     cols = {}
     for c in self.columns:
         if c not in raw.columns: continue
-        cols[c], found = _convert(c, raw[c].reset_index(drop=True), self.inputs[c], self.unseen_categories)
+        cols[c], found = _convert(c, raw[c].reset_index(drop=True), self.inputs[c], self.unseen_categories, row_offset)
         problems += found
     if any(p["severity"] == "error" for p in problems): return None, problems
     df = pd.DataFrame(cols, columns=self.columns)
     df.index = raw.index
     return df, problems
 
-Signature._column_problems, Signature._convert_frame = _column_problems, _convert_frame
+def _convert_frame(self: Signature, data, row_offset: int = 0, strict: bool = False) -> tuple[pd.DataFrame | None, list[dict]]:
+    "The frame and its problems: the fast check first, column by column when it declines."
+    fast, df = self._fast, None
+    if isinstance(data, list): df = fast.records(data)
+    elif isinstance(data, pd.DataFrame):
+        if fast.mixed and len(data) <= _SMALL and data.columns.is_unique: df = fast.records(data.to_dict("records"), data.index)
+        if df is None: df = fast(data)
+    if df is not None: return df, []
+    return self._slow_frame(data, row_offset, strict)
 
-# %% ../nbs/40_signature.ipynb #0734853a
+Signature._column_problems, Signature._slow_frame, Signature._convert_frame = _column_problems, _slow_frame, _convert_frame
+
+# %% ../nbs/40_signature.ipynb #46abe22b
 def _check(self: Signature, data, # a DataFrame or a request body (see `parse_input`)
+           row_offset: int = 0, # added to every row number (the position of the first row in a larger file)
+           strict: bool = False, # columns the model does not take are errors (else warnings)
           ) -> list[dict]: # every problem: column, kind, severity, message, rows
     "Every problem of `data` against the signature, errors and warnings, without raising."
-    return self._convert_frame(data)[1]
+    return self._convert_frame(data, row_offset, strict)[1]
 
 def _frame(self: Signature, data, # a DataFrame or a request body (see `parse_input`)
+           row_offset: int = 0, # added to every row number (the position of the first row in a larger file)
+           strict: bool = False, # columns the model does not take are errors (else warnings)
           ) -> pd.DataFrame: # training column order and dtypes; warnings in `.attrs["problems"]`
     "The input as the frame the model expects; raises `SignatureError` listing every problem."
-    df, problems = self._convert_frame(data)
+    df, problems = self._convert_frame(data, row_offset, strict)
     errors = [p for p in problems if p["severity"] == "error"]
     if errors: raise SignatureError(_error_message(errors, len(problems) - len(errors)), problems)
     df.attrs["problems"] = problems

@@ -611,3 +611,145 @@ def test_cli_models(ws, two_versions, cli):
     one_line_error(cli("models", "show", "m@", cwd=root), "model reference 'm@' does not parse")
     one_line_error(cli("models", "card", "m", "-o", "card.pdf", cwd=root), "save the card as .md or .html")
     assert cli("models", "promote", "m", "two", "--alias", "production", cwd=root).returncode == 2
+
+
+# ---------------------------------------------------------------- the signature's checks
+
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+from pandas.testing import assert_frame_equal
+
+from mlops_workbench.signature import Signature
+
+
+def signature_frame() -> pd.DataFrame:
+    "Training inputs of every kind the fast check takes: integer, float with missing values, text, nullable text, a category, a flag."
+    rng = np.random.default_rng(0)
+    n = 50
+    return pd.DataFrame({"age": rng.integers(18, 80, n), "income": np.where(rng.random(n) < 0.1, np.nan, rng.normal(50, 10, n).round(2)),
+                         "city": pd.Series(rng.choice(["Lima", "Oslo", "Pune"], n), dtype="str"),
+                         "note": pd.Series(np.where(rng.random(n) < 0.2, None, rng.choice(["a", "b"], n)), dtype="str"),
+                         "plan": pd.Categorical(rng.choice(["basic", "pro"], n)), "member": rng.random(n) < 0.5})
+
+
+SIG = Signature.infer(signature_frame())
+cells = {"age": st.one_of(st.integers(18, 79), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True), st.none(),
+                          st.sampled_from(["40", "1e400", "inf", True])),
+         "income": st.one_of(st.floats(20, 80), st.floats(allow_nan=True, allow_infinity=True), st.integers(20, 80), st.none(), st.just("inf")),
+         "city": st.one_of(st.sampled_from(["Lima", "Oslo", "Pune"]), st.sampled_from(["Rome", ""]), st.none(), st.integers(0, 2)),
+         "note": st.one_of(st.sampled_from(["a", "b"]), st.none(), st.just("c")),
+         "plan": st.one_of(st.sampled_from(["basic", "pro"]), st.just("gold"), st.none()),
+         "member": st.one_of(st.booleans(), st.none(), st.integers(0, 1))}
+
+
+@st.composite
+def frames(draw):
+    "A frame of 0-5 rows, mostly clean, with pandas' own inference per column, its columns shuffled, sometimes one missing or extra."
+    n = draw(st.integers(0, 4))
+    cols = {c: draw(st.lists(st.one_of(_clean(c), _clean(c), strat) if draw(st.integers(0, 3)) == 0 else _clean(c), min_size=n, max_size=n))
+            for c, strat in cells.items()}
+    df = pd.DataFrame({c: pd.Series(v, dtype="str" if c in ("city", "note") and all(isinstance(x, str) or x is None for x in v) else None)
+                       for c, v in cols.items()})
+    order = draw(st.permutations(list(df.columns)))
+    df = df[order]
+    change = draw(st.sampled_from(["none"] * 6 + ["drop", "extra"]))
+    if change == "drop": df = df.drop(columns=order[0])
+    if change == "extra": df = df.assign(zip="0150")
+    return df
+
+
+def _clean(c: str):
+    return {"age": st.integers(18, 79), "income": st.floats(20, 80), "city": st.sampled_from(["Lima", "Oslo", "Pune"]),
+            "note": st.sampled_from(["a", "b"]), "plan": st.sampled_from(["basic", "pro"]), "member": st.booleans()}[c]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=frames())
+def test_signature_fast_check_builds_the_slow_frame_or_declines(df):
+    fast = SIG._fast(df)
+    slow, problems = SIG._slow_frame(df)
+    event("fast" if fast is not None else "slow, no problem" if not problems else "slow, problems")
+    if fast is None: return
+    assert problems == [], problems  # the fast check answers only for input without a single problem
+    assert_frame_equal(fast, slow)
+    assert fast.dtypes.astype(str).tolist() == ["int64", "float64", "str", "str", "category", "bool"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=frames())
+def test_signature_small_frames_checked_as_records_build_the_slow_frame_or_decline(df):
+    fast = SIG._fast.records(df.to_dict("records"), df.index) if df.columns.is_unique else None
+    slow, problems = SIG._slow_frame(df)
+    event("fast" if fast is not None else "declined")
+    if fast is None: return
+    assert problems == [], problems
+    assert_frame_equal(fast, slow)
+
+
+@st.composite
+def records(draw):
+    "1-5 records of plain JSON values, mostly clean, sometimes a key missing or one more."
+    rows = []
+    for _ in range(draw(st.integers(1, 5))):
+        row = {c: draw(_clean(c)) for c in cells}
+        change = draw(st.sampled_from(["none"] * 12 + ["hostile"] * 6 + ["drop", "extra"]))
+        if change == "hostile":
+            c = draw(st.sampled_from(list(cells)))
+            row[c] = draw(cells[c])
+        if change == "drop": row.pop(draw(st.sampled_from(list(row))))
+        if change == "extra": row["zip"] = "0150"
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=records())
+def test_signature_records_checked_value_by_value_build_the_slow_frame_or_decline(rows):
+    fast = SIG._fast.records(rows)
+    slow, problems = SIG._slow_frame(rows)
+    event("fast" if fast is not None else "slow, no problem" if not problems else "slow, problems")
+    if fast is None: return
+    assert problems == [], problems
+    assert_frame_equal(fast, slow)
+    assert_frame_equal(SIG.frame(rows), slow)
+
+
+def test_signature_fast_check_answers_for_clean_frames():
+    X = signature_frame()
+    for df in (X, X.iloc[[3]], X[X.columns[::-1]], X.assign(age=X["age"].astype("float64")), X.astype({"plan": "str"})):
+        got, small = SIG._fast(df), SIG._fast.records(df.to_dict("records"), df.index)
+        assert got is not None and small is not None
+        assert_frame_equal(got, SIG._slow_frame(df)[0])
+        assert_frame_equal(small, got)
+
+
+NUMBERS = [  # what is sent in the integer column age / the float column income, the problems expected (column, kind, rows)
+    ({"age": ["40", "1e400", "inf"]}, [("age", "wrong_type", [1, 2])]),
+    ({"age": [40.0, float("inf"), float("-inf")]}, [("age", "wrong_type", [1, 2])]),
+    ({"age": [40, 2**70, -(2**64)]}, [("age", "wrong_type", [1, 2])]),
+    ({"age": [40, 10**400, 41]}, [("age", "wrong_type", [1])]),
+    ({"income": [50.0, float("inf"), 60.0]}, [("income", "wrong_type", [1])]),
+    ({"income": ["50", "-1e999", "Infinity"]}, [("income", "wrong_type", [1, 2])]),
+    ({"income": [50.0, 1e300, 60.0]}, [("income", "out_of_range", [1])]),  # finite: a warning, the model extrapolates
+]
+
+
+@pytest.mark.parametrize("sent,expected", NUMBERS, ids=[str(s) for s, _ in NUMBERS])
+def test_signature_numbers_no_model_can_take_are_wrong_type_errors(sent, expected):
+    rows = signature_frame().iloc[:3].reset_index(drop=True).astype(object)
+    for c, values in sent.items(): rows[c] = pd.Series(values, dtype=object)
+    problems = SIG.check(rows, row_offset=500)
+    assert [(p["column"], p["kind"], [r - 500 for r in p["rows"]]) for p in problems] == expected
+    if expected[0][1] == "wrong_type":
+        with pytest.raises(SignatureError) as e: SIG.frame(rows)
+        assert f"column '{expected[0][0]}'" in str(e.value)
+        assert f"(rows {', '.join(str(r + 500) for r in expected[0][2])})" in problems[0]["message"]
+
+
+def test_signature_row_offset_and_strict():
+    rows = signature_frame().iloc[:4].reset_index(drop=True).assign(zip="x").astype({"city": object})
+    rows.loc[2, "city"] = "Rome"
+    problems = SIG.check(rows, row_offset=1_000)
+    assert [(p["kind"], p["severity"], p["rows"]) for p in problems] == [("unexpected_column", "warning", []), ("unseen_category", "error", [1_002])]
+    assert "(rows 1002)" in problems[1]["message"]
+    assert SIG.check(rows, strict=True)[0]["severity"] == "error"
+    assert SIG.check(rows.drop(columns="zip").assign(city="Lima"), row_offset=7) == []

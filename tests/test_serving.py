@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
@@ -156,6 +157,9 @@ BAD = [  # name, body, headers, status, problem kinds (as a sorted list), a piec
     ("integer beyond 64 bits", _json([{**ROW, "age": 2**70}]), {}, 422, ["wrong_type"], "an integer beyond 64 bits"),
     ("number beyond the float range", b'[{"age": 40, "income": 1e400, "city": "Paris", "member": true}]', {}, 422, ["wrong_type"],
      "a number beyond the float range"),
+    ("text '1e400' in an integer column", _json([{**ROW, "age": "1e400"}]), {}, 422, ["wrong_type"],
+     "column 'age': 1 value(s) are infinite or beyond the float range, e.g. '1e400' (rows 0)"),
+    ("text '-inf' in a number column", _json([ROW, {**ROW, "income": "-inf"}]), {}, 422, ["wrong_type"], "column 'income': 1 value(s) are infinite"),
     ("every problem at once", _json([{"age": "old", "city": "Berlin", "member": None, "zip": 1}]), {}, 422,
      ["missing_column", "null_not_allowed", "unexpected_column", "unseen_category", "wrong_type"], "error(s)"),
 ]
@@ -227,6 +231,137 @@ def test_random_payloads_never_get_a_5xx(client, body, ctype):
     out = r.json()
     assert out["request_id"] == r.headers["x-request-id"]
     if r.status_code != 200: assert out["problems"] and out["error"]
+
+
+# ---------------------------------------------------------------- Arrow IPC streams
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def arrow_of(table: pa.Table, chunk: int | None = None) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w: w.write_table(table, max_chunksize=chunk)
+    return sink.getvalue().to_pybytes()
+
+
+def loans_table(n: int = 5, **changes) -> pa.Table:
+    X, _ = loans_data()
+    t = pa.Table.from_pandas(X.iloc[:n], preserve_index=False)
+    for name, col in changes.items():
+        t = t.set_column(t.column_names.index(name), name, col) if name in t.column_names else t.append_column(name, col)
+    return t
+
+
+def test_arrow_in_json_or_arrow_out(client):
+    model, X, _ = loans_model()
+    rows = X.iloc[:7]
+    want, proba = model.predict(rows).tolist(), model.predict_proba(rows)
+    body = arrow_of(pa.Table.from_pandas(rows, preserve_index=False), chunk=3)  # three record batches
+    out = client.post("/predict", content=body, headers={"Content-Type": ARROW}).json()
+    assert (out["predictions"], out["warnings"]) == (want, [])
+    np.testing.assert_allclose([[p["0"], p["1"]] for p in out["probabilities"]], proba, rtol=1e-12)
+    r = client.post("/predict", content=body, headers={"Content-Type": ARROW, "Accept": ARROW, "X-Request-ID": "arrow-1"})
+    assert (r.status_code, r.headers["content-type"], r.headers["x-request-id"]) == (200, ARROW, "arrow-1")
+    t = pa.ipc.open_stream(r.content).read_all()
+    assert t.column_names == ["prediction", "proba_0", "proba_1"] and t["prediction"].to_pylist() == want
+    np.testing.assert_allclose(np.column_stack([t["proba_0"].to_numpy(), t["proba_1"].to_numpy()]), proba, rtol=1e-12)
+    meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
+    assert meta == {"mlwb.model": "loans", "mlwb.version": "1", "mlwb.request_id": "arrow-1", "mlwb.warnings": "[]"}
+    # the columns in another order, the city dictionary-encoded, the income as a decimal, the age as float: all read as the signature wants
+    odd = pa.table({"member": rows["member"], "city": pa.array(rows["city"]).dictionary_encode(),
+                    "income": pa.array([str(round(v, 2)) for v in rows["income"]]).cast(pa.decimal128(12, 2)), "age": rows["age"].astype(float)})
+    assert client.post("/predict", content=arrow_of(odd), headers={"Content-Type": ARROW}).json()["predictions"] == want
+    # a JSON client asking for Arrow gets Arrow too
+    r = client.post("/predict", json=records_of(rows), headers={"Accept": ARROW})
+    assert r.headers["content-type"] == ARROW and pa.ipc.open_stream(r.content).read_all()["prediction"].to_pylist() == want
+
+
+def test_arrow_out_of_range_warning_is_in_the_metadata(client):
+    t = loans_table(2, income=pa.array([52_000.5, 10_000_000.0]))
+    r = client.post("/predict", content=arrow_of(t), headers={"Content-Type": ARROW, "Accept": ARROW})
+    warns = json.loads(pa.ipc.open_stream(r.content).read_all().schema.metadata[b"mlwb.warnings"])
+    assert [(w["column"], w["kind"], w["rows"]) for w in warns] == [("income", "out_of_range", [1])]
+
+
+BAD_ARROW = [  # name, body, status, problem kinds (sorted), a piece of the error message
+    ("not Arrow", b'[{"age": 40}]', 400, ["invalid_arrow"], "the body is not an Arrow IPC stream"),
+    ("empty body", b"", 400, ["invalid_arrow"], "the body is empty"),
+    ("cut short", arrow_of(loans_table(5))[:-40], 400, ["invalid_arrow"], "not an Arrow IPC stream"),
+    ("Arrow file, not stream", None, 400, ["invalid_arrow"], "an Arrow file, pyarrow.ipc.new_file, is not a stream"),
+    ("no rows", arrow_of(loans_table(0)), 422, ["bad_shape"], "no rows"),
+    ("too many rows", arrow_of(loans_table(60), chunk=20), 413, ["too_large"], "more than 50 rows"),
+    ("duplicate columns", arrow_of(pa.Table.from_arrays([pa.array([40]), pa.array([41])], names=["age", "age"])), 422, ["bad_shape"],
+     "columns ['age'] appear more than once"),
+    ("list column", arrow_of(loans_table(1, city=pa.array([["Paris"]]))), 422, ["wrong_type"], "column 'city' has Arrow type list<item: string>"),
+    ("struct column", arrow_of(loans_table(1, income=pa.array([{"v": 1.0}]))), 422, ["wrong_type"], "its cells are not single values"),
+    ("missing column", arrow_of(loans_table(2).drop_columns(["income"])), 422, ["missing_column"], "column 'income' is missing"),
+    ("extra column", arrow_of(loans_table(2, zip=pa.array(["1", "2"]))), 422, ["unexpected_column"], "column 'zip' is not an input of the model"),
+    ("text in a number column", arrow_of(loans_table(2, income=pa.array(["a lot", "1"]))), 422, ["wrong_type"], "e.g. 'a lot' (rows 0)"),
+    ("text '1e400' in an integer column", arrow_of(loans_table(2, age=pa.array(["40", "1e400"]))), 422, ["wrong_type"],
+     "column 'age': 1 value(s) are infinite or beyond the float range"),
+    ("infinity in a float column", arrow_of(loans_table(3, income=pa.array([1.0, float("inf"), float("-inf")]))), 422, ["wrong_type"],
+     "column 'income': 2 value(s) are infinite or beyond the float range, e.g. inf (rows 1, 2)"),
+    ("beyond 64 bits in an integer column", arrow_of(loans_table(1, age=pa.array([2**64 - 1], pa.uint64()))), 422, ["wrong_type"],
+     "are an integer beyond 64 bits"),
+    ("fraction in an integer column", arrow_of(loans_table(2, age=pa.array([40.0, 40.5]))), 422, ["wrong_type"], "not whole numbers"),
+    ("boolean as numbers", arrow_of(loans_table(2, member=pa.array([2, 0]))), 422, ["wrong_type"], "column 'member'"),
+    ("null where none was seen", arrow_of(loans_table(2, city=pa.array(["Paris", None]))), 422, ["null_not_allowed"], "(rows 1)"),
+    ("null integer", arrow_of(loans_table(2, age=pa.array([None, 40], pa.int64()))), 422, ["null_not_allowed"], "column 'age'"),
+    ("unseen category", arrow_of(loans_table(2, city=pa.array(["Paris", "Berlin"]).dictionary_encode())), 422, ["unseen_category"], "'Berlin'"),
+    ("binary text", arrow_of(loans_table(1, city=pa.array([b"Paris"]))), 422, ["wrong_type"], "column 'city'"),
+    ("every problem at once", arrow_of(pa.table({"age": ["old"], "city": ["Berlin"], "member": pa.array([None], pa.bool_()), "zip": [1]})), 422,
+     ["missing_column", "null_not_allowed", "unexpected_column", "unseen_category", "wrong_type"], "error(s)"),
+]
+
+
+def _arrow_file() -> bytes:
+    sink = pa.BufferOutputStream()
+    t = loans_table(2)
+    with pa.ipc.new_file(sink, t.schema) as w: w.write_table(t)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize("name,body,status,kinds,message", BAD_ARROW, ids=[b[0] for b in BAD_ARROW])
+def test_bad_arrow_is_a_4xx_naming_the_problem(client, name, body, status, kinds, message):
+    r = client.post("/predict", content=_arrow_file() if body is None else body, headers={"Content-Type": ARROW, "Accept": ARROW})
+    assert (r.status_code, r.headers["content-type"]) == (status, "application/json"), r.text
+    out = r.json()
+    assert sorted(p["kind"] for p in out["problems"]) == kinds
+    assert message in out["error"] or any(message in p["message"] for p in out["problems"]), out
+    assert out["request_id"] == r.headers["x-request-id"]
+
+
+def test_arrow_and_json_bodies_under_the_wrong_content_type(client):
+    r = client.post("/predict", content=arrow_of(loans_table(1)), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["problems"][0]["kind"] == "invalid_json"
+    r = client.post("/predict", content=arrow_of(loans_table(1)), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 415 and "or an Arrow IPC stream as application/vnd.apache.arrow.stream" in r.json()["error"]
+
+
+arrow_columns = st.sampled_from(list(ROW) + ["zip", "Age"])
+arrow_arrays = st.one_of(
+    st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)), min_size=3, max_size=3).map(lambda v: pa.array(v, pa.int64())),
+    st.lists(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), min_size=3, max_size=3).map(lambda v: pa.array(v, pa.float64())),
+    st.lists(st.one_of(st.none(), st.text(max_size=5), st.sampled_from(["Paris", "Lyon", "40", "inf"])), min_size=3, max_size=3).map(pa.array),
+    st.lists(st.one_of(st.none(), st.booleans()), min_size=3, max_size=3).map(lambda v: pa.array(v, pa.bool_())),
+    st.lists(st.sampled_from(["Paris", "Nice", "Rome"]), min_size=3, max_size=3).map(lambda v: pa.array(v).dictionary_encode()),
+    st.lists(st.lists(st.integers(0, 3), max_size=2), min_size=3, max_size=3).map(pa.array),
+    st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3).map(lambda v: pa.array(v, pa.uint64())),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(columns=st.one_of(st.dictionaries(arrow_columns, arrow_arrays, min_size=1, max_size=6),
+                         st.dictionaries(arrow_columns, arrow_arrays, max_size=2).map(lambda c: {**dict(zip(list(ROW), loans_table(3).columns)), **c})),
+       cut=st.sampled_from([None] * 5 + [10, 100]))
+def test_random_arrow_tables_never_get_a_5xx(client, columns, cut):
+    body = arrow_of(pa.table(columns))
+    if cut: body = body[:-cut]
+    r = client.post("/predict", content=body, headers={"Content-Type": ARROW, "Accept": ARROW})
+    event(f"status {r.status_code}")
+    assert r.status_code in (200, 400, 413, 422), (r.status_code, r.text[:500])
+    if r.status_code == 200: assert pa.ipc.open_stream(r.content).read_all().num_rows == 3
+    else: assert r.json()["problems"] and r.json()["error"]
 
 
 def test_server_is_up_after_random_payloads(client):
