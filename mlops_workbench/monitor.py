@@ -431,15 +431,7 @@ def _write_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
-def _json_safe(v):
-    "numpy scalars as Python values, NaN and infinities as None, containers recursively."
-    if isinstance(v, dict): return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)): return [_json_safe(x) for x in v]
-    if isinstance(v, (bool, np.bool_)): return bool(v)
-    if isinstance(v, (int, np.integer)): return int(v)
-    if isinstance(v, (float, np.floating)): return float(v) if math.isfinite(v) else None
-    if v is None or v is pd.NA or isinstance(v, str): return v
-    return str(v)
+from .eda import _json_safe  # the one JSON-safe encoder of the reports: numpy scalars as Python, NaN and infinities as None
 
 # %% ../nbs/50_monitor.ipynb #c905c7cb
 _COLUMNS = ["role", "kind", "dtype", "n_reference", "n_current", "missing_reference", "missing_current", "test", "statistic",
