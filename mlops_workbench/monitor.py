@@ -421,14 +421,10 @@ def _page(title: str, parts: list[str]) -> str:
             f"</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
 
 def _write_atomic(path: Path, text: str) -> Path:
-    "Write `text` to a temporary file next to `path`, then rename it into place."
+    "Write `text` to `path` atomically (eda's writer), with a clear error when its folder is missing."
+    from mlops_workbench.eda import _write_atomic as write
     if not path.parent.is_dir(): raise MonitorError(f"folder {str(path.parent)!r} does not exist: create it first")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    write(path, text)
     return path
 
 from .eda import _json_safe  # the one JSON-safe encoder of the reports: numpy scalars as Python, NaN and infinities as None
